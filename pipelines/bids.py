@@ -1,0 +1,159 @@
+"""Per-subject workflow of the ``usb-prep`` BIDS app: fill, downstream, derivatives, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.pipeline import engine as pe
+
+DOWNSTREAMS = ("none", "freesurfer", "ants", "niftyreg")
+
+
+def init_bids_subject_wf(
+    *,
+    entry,
+    bids_dir,
+    output_dir,
+    fill_options: dict | None = None,
+    mask_kind: str = "lesion",
+    downstream: str = "none",
+    template: str | None = None,
+    template_dseg: str | None = None,
+    template_space: str = "template",
+    fs_subjects_dir: str | None = None,
+    fs_license_file: str | None = None,
+    fs_lesion_label="hemi",
+    niftyreg_dir: str | None = None,
+    skull_stripped: bool = False,
+    omp_nthreads: int = 1,
+    name: str | None = None,
+):
+    """Fill one T1w, optionally run a downstream tool, write BIDS derivatives.
+
+    Parameters
+    ----------
+    entry : usb_prep.bids.AnatInput
+        T1w and mask (``mask`` None: mask-free healing).
+    bids_dir, output_dir : path
+        Raw dataset and derivatives folder.
+    fill_options : dict, optional
+        Keyword arguments of :func:`~usb_prep.pipelines.fill.init_lesion_fill_wf`.
+    mask_kind : {"lesion", "artifact"}
+        What the mask marks (names and sidecars follow it).
+    downstream : {"none", "freesurfer", "ants", "niftyreg"}
+        Downstream workflow.
+    template, template_dseg : str, optional
+        Template image and segmentation (``ants``/``niftyreg``); without a
+        segmentation the registered image is segmented with antspyx.
+    template_space : str
+        ``space-`` label of template-space derivatives.
+    fs_subjects_dir, fs_license_file : str, optional
+        FreeSurfer ``SUBJECTS_DIR`` (default ``<output>/sourcedata/freesurfer``)
+        and licence.
+    fs_lesion_label : int or "hemi"
+        Label written into ``aseg``/``aparc+aseg``.
+    niftyreg_dir : str, optional
+        Folder of the NiftyReg executables.
+    skull_stripped : bool
+        ``SkullStripped`` in the sidecars.
+    omp_nthreads : int
+        Threads per node.
+    name : str, optional
+        Workflow name (default from the subject/session key).
+
+    Returns
+    -------
+    nipype Workflow
+        No inputnode: the subject's files are set at build time.
+    """
+    from usb_prep import bids as core
+    from usb_prep.interfaces.bids import DerivativesSink
+    from usb_prep.interfaces.reports import LesionReport
+
+    from .ants import init_fill_ants_wf
+    from .fill import init_lesion_fill_wf
+    from .freesurfer import init_fill_freesurfer_wf
+    from .niftyreg import init_fill_niftyreg_wf
+
+    if downstream not in DOWNSTREAMS:
+        raise ValueError(f"downstream must be one of {DOWNSTREAMS}")
+    output_dir = Path(output_dir).absolute()
+    fill_options = {**(fill_options or {}), "mask_kind": mask_kind, "omp_nthreads": omp_nthreads}
+    wf = pe.Workflow(name=name or entry.key.replace("-", "_"))
+    if downstream == "none":
+        core_wf = init_lesion_fill_wf(**fill_options)
+    elif downstream == "freesurfer":
+        sd = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
+        sd.mkdir(parents=True, exist_ok=True)
+        core_wf = init_fill_freesurfer_wf(fill_options=fill_options, subject_id=entry.key, subjects_dir=str(sd),
+                                          lesion_label=fs_lesion_label, omp_nthreads=omp_nthreads)
+        if fs_license_file:
+            core_wf.get_node("recon_all").inputs.environ = {"FS_LICENSE": str(fs_license_file)}
+    elif downstream == "ants":
+        core_wf = init_fill_ants_wf(fill_options=fill_options, segment=template_dseg is None,
+                                    omp_nthreads=omp_nthreads)
+    else:
+        core_wf = init_fill_niftyreg_wf(fill_options=fill_options, segment=template_dseg is None,
+                                        niftyreg_dir=niftyreg_dir, omp_nthreads=omp_nthreads)
+    core_wf.inputs.inputnode.in_file = str(entry.t1w)
+    if entry.mask is not None:
+        core_wf.inputs.inputnode.mask_file = str(entry.mask)
+    if downstream in ("ants", "niftyreg"):
+        if not template:
+            raise ValueError(f"--downstream {downstream} needs --template")
+        core_wf.inputs.inputnode.template = str(template)
+        if template_dseg:
+            core_wf.inputs.inputnode.template_dseg = str(template_dseg)
+
+    t1w_uri = core.bids_uri(entry.t1w, bids_dir)
+    sources = [t1w_uri] + ([core.bids_uri(entry.mask, bids_dir)] if entry.mask is not None else [])
+
+    def sink(name, rel, metadata=None):
+        node = pe.Node(DerivativesSink(base_directory=str(output_dir), out_name=rel), name=name,
+                       run_without_submitting=True)
+        if metadata is not None:
+            node.inputs.metadata = metadata
+        return node
+
+    desc = core.FILLED_DESC[mask_kind]
+    ds_t1w = sink("ds_filled", core.derivative_name(entry, desc=desc, suffix="T1w"),
+                  core.image_sidecar(sources, skull_stripped=skull_stripped,
+                                     extra={"MaskKind": mask_kind, "MaskFree": entry.mask is None}))
+    ds_mask = sink("ds_mask", core.derivative_name(entry, label=mask_kind, suffix="mask"),
+                   core.mask_sidecar(sources, mask_kind=mask_kind))
+    report = pe.Node(LesionReport(before=str(entry.t1w), title=entry.key,
+                                  caption=f"{mask_kind.capitalize()} filling ({downstream} downstream)"),
+                     name="report")
+    ds_report = sink("ds_report", f"{entry.key}.html")
+    wf.connect([
+        (core_wf, ds_t1w, [("outputnode.out_file", "in_file"), ("outputnode.out_settings", "settings_files")]),
+        (core_wf, ds_mask, [("outputnode.out_mask", "in_file")]),
+        (core_wf, report, [("outputnode.out_file", "after"), ("outputnode.out_mask", "mask_file"),
+                           ("outputnode.out_settings", "settings_file")]),
+        (report, ds_report, [("out_report", "in_file")]),
+    ])
+    space = {"space": template_space}
+    if downstream in ("ants", "niftyreg"):
+        ds_tmask = sink("ds_template_mask", core.derivative_name(entry, label=mask_kind, suffix="mask", **space),
+                        core.mask_sidecar(sources, mask_kind=mask_kind, extra={"Registration": downstream}))
+        ds_dseg = sink("ds_template_dseg", core.derivative_name(entry, desc=mask_kind, suffix="dseg", **space),
+                       {"Sources": sources, "LesionLabel": 7, "Registration": downstream})
+        wf.connect([
+            (core_wf, ds_tmask, [("outputnode.template_mask", "in_file")]),
+            (core_wf, ds_dseg, [("outputnode.dseg", "in_file")]),
+        ])
+    elif downstream == "freesurfer":
+        sd = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
+        meta = {"Sources": sources, "LesionLabel": fs_lesion_label}
+        for node_name, field, fname in (("ds_aseg", "aseg", "aseg.lesion.mgz"),
+                                        ("ds_aparc_aseg", "aparc_aseg", "aparc+aseg.lesion.mgz"),
+                                        ("ds_fs_mask", "fs_mask", "lesion.mgz")):
+            node = pe.Node(DerivativesSink(base_directory=str(sd), out_name=f"{entry.key}/mri/{fname}",
+                                           metadata=meta), name=node_name, run_without_submitting=True)
+            wf.connect(core_wf, f"outputnode.{field}", node, "in_file")
+    return wf
+
+
+
+
+__all__ = ["DOWNSTREAMS", "init_bids_subject_wf"]

@@ -1,0 +1,80 @@
+"""Lesion filling alone."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+
+def init_lesion_fill_wf(
+    *,
+    method: str = "usb",
+    weights: str | None = None,
+    steps: int | None = None,
+    t_start: int | None = None,
+    seed: int = 0,
+    use_gpu: bool = False,
+    omp_nthreads: int = 1,
+    mask_kind: str = "lesion",
+    name: str = "lesion_fill_wf",
+):
+    """Fill a lesion (or an artifact) in a T1w image.
+
+    Parameters
+    ----------
+    method : {"usb", "wmstats", "patch"}
+        Diffusion model (``usb``) or a classical filler.
+    weights : str, optional
+        Model weights (default: environment variable, then packaged weights).
+    steps, t_start : int, optional
+        Sampling steps and start step (default: the model's).
+    seed : int
+        Random seed.
+    use_gpu : bool
+        Run the model on CUDA.
+    omp_nthreads : int
+        CPU threads for the fill node.
+    mask_kind : {"lesion", "artifact"}
+        What the mask marks (recorded in the settings).
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    in_file
+        T1w image.
+    mask_file
+        Mask, 1 = lesion/artifact to fill.  Leave undefined for mask-free
+        healing.
+
+    Outputs
+    -------
+    out_file
+        Filled image (input grid, header and dtype).
+    out_mask
+        Mask actually used.
+    out_settings
+        JSON with all settings (weights sha256 included) and notes.
+    """
+    from usb_prep.interfaces.fill import LesionFill
+
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "mask_file"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_file", "out_mask", "out_settings"]),
+                         name="outputnode")
+    fill = pe.Node(
+        LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind),
+        name="lesion_fill",
+        n_procs=omp_nthreads,
+    )
+    if use_gpu:
+        fill.inputs.use_gpu = True
+    for key, value in (("weights", weights), ("steps", steps), ("t_start", t_start)):
+        if value is not None:
+            setattr(fill.inputs, key, value)
+    wf.connect([
+        (inputnode, fill, [("in_file", "in_file"), ("mask_file", "mask_file")]),
+        (fill, outputnode, [("out_file", "out_file"), ("out_mask", "out_mask"),
+                            ("out_settings", "out_settings")]),
+    ])
+    return wf

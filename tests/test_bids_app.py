@@ -1,0 +1,151 @@
+"""The usb-prep BIDS app on a two-subject synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from conftest import phantom
+from usb_prep.cli.bids_app import build_workflow, get_parser, main
+
+
+def _write(path, data, aff):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb.Nifti1Image(data, aff).to_filename(str(path))
+
+
+@pytest.fixture
+def bids_ds(tmp_path):
+    """sub-01 (no session) and sub-02 (ses-1), each with a T1w and a lesion ROI; sub-03 without mask."""
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "synthetic", "BIDSVersion": "1.10.0"}))
+    (root / ".bidsignore").write_text("*_roi.nii.gz\n")
+    for sub, ses, seed in (("01", None, 0), ("02", "1", 1), ("03", None, 2)):
+        img, lesion, _, aff = phantom(seed=seed)
+        anat = root / f"sub-{sub}" / (f"ses-{ses}/anat" if ses else "anat")
+        prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+        _write(anat / f"{prefix}_T1w.nii.gz", img, aff)
+        if sub != "03":
+            _write(anat / f"{prefix}_label-lesion_roi.nii.gz", lesion, aff)
+    return root
+
+
+@pytest.fixture
+def linear_plugin(tmp_path):
+    path = tmp_path / "plugin.yml"
+    path.write_text("plugin: Linear\nplugin_args: {}\n")
+    return path
+
+
+def _args(bids_ds, tmp_path, *extra):
+    return [str(bids_ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+            "--method", "wmstats", "--nprocs", "1", *extra]
+
+
+class _Checker(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.title = [], None
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+        self._in_title = tag == "title"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title = data
+
+
+def test_build_workflow_skeleton(bids_ds, tmp_path):
+    opts = get_parser().parse_args(_args(bids_ds, tmp_path, "--participant-label", "sub-01", "02", "03"))
+    wf, plan = build_workflow(opts)
+    assert [e.key for e in plan.entries] == ["sub-01", "sub-02_ses-1"]
+    assert plan.skipped and plan.skipped[0][0] == "sub-03" and "mask" in plan.skipped[0][1]
+    names = wf.list_node_names()
+    assert any(n.startswith("sub_01.") and n.endswith("lesion_fill") for n in names)
+    assert any(n.startswith("sub_02_ses_1.") and n.endswith("ds_report") for n in names)
+
+
+def test_bids_app_runs_and_resumes(bids_ds, tmp_path, linear_plugin):
+    code = main(_args(bids_ds, tmp_path, "--participant-label", "01", "02", "--use-plugin", str(linear_plugin)))
+    assert code == 0
+    out = tmp_path / "out"
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "usb_prep"
+    filled = out / "sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz"
+    assert filled.exists()
+    assert (out / "sub-02/ses-1/anat/sub-02_ses-1_desc-lesionfilled_T1w.nii.gz").exists()
+    mask = out / "sub-01/anat/sub-01_label-lesion_mask.nii.gz"
+    assert mask.exists()
+    side = json.loads((out / "sub-01/anat/sub-01_desc-lesionfilled_T1w.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz",
+                               "bids:raw:sub-01/anat/sub-01_label-lesion_roi.nii.gz"]
+    assert side["SkullStripped"] is False and side["LesionFilling"]["method"] == "wmstats"
+    assert json.loads((out / "sub-01/anat/sub-01_label-lesion_mask.json").read_text())["Type"] == "Lesion"
+    # filled: outside the mask identical, inside changed
+    src = np.asanyarray(nb.load(str(bids_ds / "sub-01/anat/sub-01_T1w.nii.gz")).dataobj)
+    res = np.asanyarray(nb.load(str(filled)).dataobj)
+    m = np.asanyarray(nb.load(str(mask)).dataobj) > 0
+    np.testing.assert_array_equal(res[~m], src[~m])
+    assert not np.array_equal(res[m], src[m])
+    for key in ("sub-01", "sub-02_ses-1"):
+        checker = _Checker()
+        checker.feed((out / f"{key}.html").read_text())
+        assert checker.title == key and len(checker.imgs) == 2
+        assert all(s.startswith("data:image/png;base64,") for s in checker.imgs)
+    # rerun resumes from the work folder: cached nodes are not rerun, outputs untouched
+    mtime = filled.stat().st_mtime_ns
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "02",
+                      "--use-plugin", str(linear_plugin))) == 0
+    assert filled.stat().st_mtime_ns == mtime
+
+
+def test_subject_without_mask_is_skipped_exit_code(bids_ds, tmp_path, linear_plugin, capsys):
+    code = main(_args(bids_ds, tmp_path, "--participant-label", "01", "03", "--use-plugin", str(linear_plugin)))
+    assert code == 1
+    assert "1 succeeded, 0 failed, 1 skipped" in capsys.readouterr().out
+    assert not (tmp_path / "out/sub-03").exists()
+
+
+def test_heal_without_mask(bids_ds, tmp_path, linear_plugin, tiny_weights):
+    code = main([str(bids_ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                 "--participant-label", "03", "--heal-without-mask", "--weights", tiny_weights, "--steps", "2",
+                 "--use-plugin", str(linear_plugin)])
+    assert code == 0
+    side = json.loads((tmp_path / "out/sub-03/anat/sub-03_desc-lesionfilled_T1w.json").read_text())
+    assert side["MaskFree"] is True and side["Sources"] == ["bids:raw:sub-03/anat/sub-03_T1w.nii.gz"]
+
+
+def test_artifact_masks_from_derivatives(bids_ds, tmp_path, linear_plugin):
+    img, lesion, _, aff = phantom()
+    masks = tmp_path / "masks"
+    _write(masks / "sub-03/anat/sub-03_desc-artifact_mask.nii.gz", lesion, aff)
+    code = main(_args(bids_ds, tmp_path, "--participant-label", "03", "--mask-kind", "artifact",
+                      "--masks-dir", str(masks), "--use-plugin", str(linear_plugin)))
+    assert code == 0
+    out = tmp_path / "out/sub-03/anat"
+    assert (out / "sub-03_desc-artifactfilled_T1w.nii.gz").exists()
+    assert json.loads((out / "sub-03_label-artifact_mask.json").read_text())["Type"] == "ROI"
+
+
+def test_missing_dependency_exit_code(bids_ds, tmp_path):
+    assert main(_args(bids_ds, tmp_path, "--downstream", "ants")) == 3  # no --template
+
+
+@pytest.mark.slow
+def test_bids_app_freesurfer_stub(bids_ds, tmp_path, linear_plugin, stub_recon_all):
+    code = main(_args(bids_ds, tmp_path, "--participant-label", "01", "--downstream", "freesurfer",
+                      "--use-plugin", str(linear_plugin)))
+    assert code == 0
+    mri = tmp_path / "out/sourcedata/freesurfer/sub-01/mri"
+    aseg = np.asanyarray(nb.load(str(mri / "aseg.lesion.mgz")).dataobj)
+    lesion = np.asanyarray(nb.load(str(mri / "lesion.mgz")).dataobj) > 0
+    assert lesion.any() and (aseg[lesion] == 25).all()
+    assert (mri / "aparc+aseg.lesion.mgz").exists()

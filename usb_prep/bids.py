@@ -1,0 +1,262 @@
+"""BIDS helpers for the ``usb-prep`` app: inputs, derivative names, sidecars.
+
+Plain ``pathlib`` globbing, so the app works without pybids (pybids parses
+``label`` only with ``config=['bids', 'derivatives']``; we do not need it).
+No Nipype here.
+
+Inputs
+------
+* T1w images: ``sub-<l>[/ses-<l>]/anat/*_T1w.nii[.gz]``.
+* Masks (1 = lesion/artifact): ``sub-<l>[_ses-<l>]_label-lesion_roi.nii.gz``
+  in ``anat/`` (fMRIPrep's convention), or, in a derivatives folder,
+  ``sub-<l>[_ses-<l>]_..._label-lesion_..._mask.nii.gz``.  With
+  ``mask_kind="artifact"``: ``label-artifact`` or ``desc-artifact``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+MASK_KINDS = ("lesion", "artifact")
+#: ``desc`` of the filled T1w per mask kind.
+FILLED_DESC = {"lesion": "lesionfilled", "artifact": "artifactfilled"}
+#: BIDS ``Type`` of the mask derivative per mask kind.
+MASK_TYPE = {"lesion": "Lesion", "artifact": "ROI"}
+
+_ENTITY_ORDER = (
+    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part",
+    "hemi", "space", "res", "den", "label", "desc",
+)
+_ENTITY_RE = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
+
+
+def strip_label(label: str, prefix: str) -> str:
+    """``'sub-01'`` -> ``'01'`` (the prefix is optional on the command line)."""
+    label = str(label)
+    return label[len(prefix) + 1:] if label.startswith(prefix + "-") else label
+
+
+def parse_entities(path) -> dict:
+    """Entities of a BIDS file name (``sub``, ``ses``, ``acq``, ..., ``suffix``)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".json", ".mgz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    parts = name.split("_")
+    ents = {}
+    for part in parts[:-1]:
+        m = _ENTITY_RE.fullmatch(part)
+        if m:
+            ents[m.group(1)] = m.group(2)
+    ents["suffix"] = parts[-1]
+    return ents
+
+
+def build_name(entities: Mapping, suffix: str, extension: str = ".nii.gz") -> str:
+    """Compose a BIDS file name with entities in the specification's order."""
+    keys = [k for k in _ENTITY_ORDER if entities.get(k)]
+    keys += [k for k in entities if k not in _ENTITY_ORDER and k != "suffix" and entities.get(k)]
+    return "_".join([f"{k}-{entities[k]}" for k in keys] + [suffix]) + extension
+
+
+@dataclass
+class AnatInput:
+    """One T1w image to fill and its mask (``mask`` None when not found)."""
+
+    subject: str
+    session: str | None
+    t1w: Path
+    mask: Path | None
+    entities: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``sub-01[_ses-1][_acq-x][_run-1]``: unique, used for node names."""
+        return build_name({k: v for k, v in self.entities.items() if k != "suffix"}, "", "").rstrip("_")
+
+    @property
+    def anat_dir(self) -> str:
+        """Relative output folder: ``sub-01[/ses-1]/anat``."""
+        parts = [f"sub-{self.subject}"] + ([f"ses-{self.session}"] if self.session else []) + ["anat"]
+        return "/".join(parts)
+
+
+def _mask_matches(name: str, kind: str, derivatives: bool) -> bool:
+    if derivatives:
+        return (f"_label-{kind}" in name or f"_desc-{kind}" in name) and name.endswith(("_mask.nii.gz", "_mask.nii"))
+    return f"_label-{kind}_roi.nii" in name
+
+
+def _find_mask(t1w_ents: dict, folders: Iterable[Path], kind: str, derivatives: bool) -> Path | None:
+    """Best mask for a T1w: same sub/ses, then the most shared entities."""
+    best, best_score = None, -1
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for cand in sorted(folder.glob("sub-*")):
+            if not _mask_matches(cand.name, kind, derivatives):
+                continue
+            ents = parse_entities(cand)
+            if ents.get("sub") != t1w_ents.get("sub") or ents.get("ses") != t1w_ents.get("ses"):
+                continue
+            if ents.get("space") not in (None, "T1w", "orig"):
+                continue
+            clash = [k for k in ("acq", "run", "rec", "ce") if k in ents and ents[k] != t1w_ents.get(k)]
+            if clash:
+                continue
+            score = sum(1 for k in ("acq", "run", "rec", "ce") if k in ents)
+            if score > best_score:
+                best, best_score = cand, score
+    return best
+
+
+def collect_anat(
+    bids_dir,
+    *,
+    participant_labels: Iterable[str] | None = None,
+    session_labels: Iterable[str] | None = None,
+    mask_kind: str = "lesion",
+    masks_dir=None,
+) -> tuple[list[AnatInput], list[str]]:
+    """Find T1w images and their masks.
+
+    Parameters
+    ----------
+    bids_dir : path
+        BIDS root.
+    participant_labels, session_labels : iterable of str, optional
+        Restrict to these (``sub-``/``ses-`` prefixes optional).
+    mask_kind : {"lesion", "artifact"}
+        Which masks to read.
+    masks_dir : path, optional
+        Derivatives folder holding ``_label-<kind>_..._mask`` files; searched
+        before ``anat/``.
+
+    Returns
+    -------
+    inputs : list of AnatInput
+        One entry per T1w (``mask`` None when none was found).
+    problems : list of str
+        Subjects asked for but not found, or without any T1w.
+    """
+    if mask_kind not in MASK_KINDS:
+        raise ValueError(f"mask_kind must be one of {MASK_KINDS}")
+    bids_dir = Path(bids_dir)
+    subjects = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
+    problems = []
+    if participant_labels:
+        wanted = [strip_label(s, "sub") for s in participant_labels]
+        problems += [f"sub-{s}: not found in {bids_dir}" for s in wanted if s not in subjects]
+        subjects = [s for s in subjects if s in wanted]
+    sessions_wanted = [strip_label(s, "ses") for s in session_labels] if session_labels else None
+    inputs = []
+    for sub in subjects:
+        sdir = bids_dir / f"sub-{sub}"
+        anat_dirs = [sdir / "anat"] + sorted(p / "anat" for p in sdir.glob("ses-*"))
+        found = False
+        for adir in anat_dirs:
+            ses = adir.parent.name[4:] if adir.parent.name.startswith("ses-") else None
+            if sessions_wanted is not None and ses not in sessions_wanted:
+                continue
+            for t1w in sorted(list(adir.glob("sub-*_T1w.nii.gz")) + list(adir.glob("sub-*_T1w.nii"))):
+                found = True
+                ents = parse_entities(t1w)
+                folders = []
+                if masks_dir is not None:
+                    mdir = Path(masks_dir) / f"sub-{sub}"
+                    folders += [mdir / f"ses-{ses}" / "anat", mdir / "anat"] if ses else [mdir / "anat"]
+                    folders.append(Path(masks_dir))
+                mask = _find_mask(ents, folders, mask_kind, derivatives=True) if folders else None
+                if mask is None:
+                    mask = _find_mask(ents, [adir], mask_kind, derivatives=False)
+                inputs.append(AnatInput(sub, ses, t1w.absolute(), mask.absolute() if mask else None, ents))
+        if not found:
+            problems.append(f"sub-{sub}: no T1w image")
+    return inputs, problems
+
+
+def derivative_name(entry: AnatInput, *, suffix: str, extension: str = ".nii.gz", **entities) -> str:
+    """Relative derivative path for ``entry`` (e.g. ``desc="lesionfilled", suffix="T1w"``)."""
+    ents = {k: v for k, v in entry.entities.items() if k != "suffix"}
+    ents.update({k: v for k, v in entities.items() if v})
+    return f"{entry.anat_dir}/{build_name(ents, suffix, extension)}"
+
+
+def bids_uri(path, bids_dir, dataset: str = "raw") -> str:
+    """``bids:<dataset>:<relative path>`` for a file of ``bids_dir``."""
+    try:
+        rel = Path(path).absolute().relative_to(Path(bids_dir).absolute())
+    except ValueError:
+        return Path(path).absolute().as_uri()
+    return f"bids:{dataset}:{rel.as_posix()}"
+
+
+def image_sidecar(sources: Iterable[str], *, skull_stripped: bool = False, settings: Mapping | None = None,
+                  extra: Mapping | None = None) -> dict:
+    """Sidecar for an image derivative (``Sources``, ``SkullStripped``, settings)."""
+    out = {"Sources": list(sources), "SkullStripped": bool(skull_stripped)}
+    if settings:
+        out["LesionFilling"] = dict(settings)
+    out.update(extra or {})
+    return out
+
+
+def mask_sidecar(sources: Iterable[str], *, mask_kind: str = "lesion", extra: Mapping | None = None) -> dict:
+    """Sidecar for a mask derivative (``Type``, ``Sources``)."""
+    out = {"Type": MASK_TYPE[mask_kind], "Sources": list(sources)}
+    out.update(extra or {})
+    return out
+
+
+def dataset_description(*, version: str, bids_dir=None, code_url: str = "https://github.com/usb-prep/usb_prep",
+                        name: str = "usb_prep", extra: Mapping | None = None) -> dict:
+    """``dataset_description.json`` of the derivatives folder."""
+    desc = {
+        "Name": f"{name} - lesion filling outputs",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": name, "Version": version, "CodeURL": code_url}],
+        "HowToAcknowledge": "Please cite usb_prep (unified lesion filling with a diffusion model).",
+    }
+    if bids_dir is not None:
+        desc["DatasetLinks"] = {"raw": Path(bids_dir).absolute().as_uri()}
+    desc.update(extra or {})
+    return desc
+
+
+def write_json(path, data: Mapping) -> str:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return str(path.absolute())
+
+
+def copy_derivative(src, dst, sidecar: Mapping | None = None) -> str:
+    """Copy ``src`` to ``dst`` atomically (overwriting) and write its sidecar."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    if sidecar is not None:
+        base = str(dst)
+        for ext in (".nii.gz", ".nii", ".mgz", ".html"):
+            if base.endswith(ext):
+                base = base[: -len(ext)]
+                break
+        write_json(base + ".json", sidecar)
+    return str(dst.absolute())

@@ -1,0 +1,256 @@
+"""``usb-prep``: the BIDS app (fMRIPrep style).
+
+    usb-prep bids_dir output_dir participant [options]
+
+Finds T1w images and lesion (or artifact) masks, fills them, optionally runs
+one downstream workflow (FreeSurfer, ANTs, NiftyReg) and writes BIDS
+derivatives plus one HTML report per subject.  :func:`build_workflow` is
+kept apart from :func:`main` so tests can build the graph on a skeleton
+dataset without running it.
+
+Exit codes: 0 all subjects succeeded; 1 at least one subject failed or was
+skipped; 2 usage error; 3 a dependency is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOGGER = logging.getLogger("usb_prep.bids_app")
+
+EXIT_OK, EXIT_SUBJECTS_FAILED, EXIT_USAGE, EXIT_DEPENDENCY = 0, 1, 2, 3
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line parser (cheap: no heavy imports)."""
+    p = argparse.ArgumentParser(
+        prog="usb-prep",
+        description="Lesion filling with a diffusion model, as a BIDS app. "
+                    "Masks: 1 = lesion (or artifact), the voxels that are replaced.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset root")
+    p.add_argument("output_dir", type=Path, help="derivatives folder")
+    p.add_argument("analysis_level", choices=["participant"], help="processing level")
+    g = p.add_argument_group("selection")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to process (the 'sub-' prefix is optional)")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions ('ses-' optional)")
+    g.add_argument("--bids-filter-file", type=Path, help="JSON filter (accepted for compatibility; "
+                   "only 't1w'/'mask' 'session' keys are read)")
+    g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
+    m = p.add_argument_group("masks")
+    m.add_argument("--mask-kind", choices=["lesion", "artifact"], default="lesion",
+                   help="read _label-lesion_roi masks, or _label-artifact_roi (artifact inpainting)")
+    m.add_argument("--masks-dir", type=Path,
+                   help="derivatives folder with sub-X[_ses-Y]_..._label-<kind>_..._mask.nii.gz files")
+    m.add_argument("--heal-without-mask", action="store_true",
+                   help="subjects without a mask are healed mask-free instead of skipped")
+    f = p.add_argument_group("filling")
+    f.add_argument("--method", choices=["usb", "wmstats", "patch"], default="usb",
+                   help="diffusion model (usb) or a classical filler")
+    f.add_argument("--weights", help="weights folder (default: $USB_PREP_WEIGHTS, then packaged)")
+    f.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    f.add_argument("--seed", type=int, default=0, help="random seed")
+    f.add_argument("--use-gpu", action="store_true", help="run the model on CUDA")
+    f.add_argument("--skull-stripped", action="store_true", help="inputs are skull-stripped (sidecars)")
+    d = p.add_argument_group("downstream")
+    d.add_argument("--downstream", choices=["none", "freesurfer", "ants", "niftyreg"], default="none",
+                   help="run one downstream workflow on the filled image and reinstate the lesion")
+    d.add_argument("--template", type=Path, help="template image (ants, niftyreg)")
+    d.add_argument("--template-dseg", type=Path,
+                   help="template-space segmentation (default: segment the registered image)")
+    d.add_argument("--template-space", default="template", help="space- label of template-space outputs")
+    d.add_argument("--fs-license-file", type=Path, help="FreeSurfer licence (else $FS_LICENSE)")
+    d.add_argument("--fs-subjects-dir", type=Path, help="SUBJECTS_DIR (default: <output>/sourcedata/freesurfer)")
+    d.add_argument("--fs-lesion-label", default="hemi",
+                   help="'hemi' (25/57 Left/Right-Lesion) or an integer (77 WM-hypointensities)")
+    d.add_argument("--niftyreg-dir", type=Path, help="folder of reg_aladin etc. (else $NIFTYREGDIR, "
+                   "the niftyreg package, PATH)")
+    r = p.add_argument_group("execution")
+    r.add_argument("-w", "--work-dir", type=Path, default=Path("work"), help="work folder (reruns resume from it)")
+    r.add_argument("--nprocs", "--nthreads", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    r.add_argument("--omp-nthreads", type=int, default=1, help="threads per process")
+    r.add_argument("--mem-gb", type=float, help="memory limit for MultiProc")
+    r.add_argument("--use-plugin", type=Path, help="nipype plugin YAML: plugin: SLURM, plugin_args: {...}")
+    r.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failing node")
+    r.add_argument("--write-graph", action="store_true", help="write the workflow graph")
+    r.add_argument("--notrack", action="store_true", help="accepted for compatibility; nothing is tracked")
+    r.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    return p
+
+
+@dataclass
+class Plan:
+    """What :func:`build_workflow` decided: entries to run and those skipped."""
+
+    entries: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (key, reason)
+    expected: dict = field(default_factory=dict)  # key -> derivative paths that prove success
+
+
+def _fill_options(opts) -> dict:
+    out = {"method": opts.method, "seed": opts.seed, "use_gpu": opts.use_gpu}
+    if opts.weights:
+        out["weights"] = str(opts.weights)
+    if opts.steps:
+        out["steps"] = opts.steps
+    return out
+
+
+def check_dependencies(opts) -> list[str]:
+    """Problems that prevent running (missing executables, templates)."""
+    problems = []
+    if opts.downstream == "freesurfer" and shutil.which("recon-all") is None:
+        problems.append("--downstream freesurfer: recon-all not found on PATH (source FreeSurfer's setup)")
+    if opts.downstream in ("ants", "niftyreg") and (opts.template is None or not opts.template.exists()):
+        problems.append(f"--downstream {opts.downstream}: --template is required and must exist")
+    if opts.downstream == "ants":
+        from usb_prep.pipelines._common import ants_binary_available, antspy_available
+
+        if not (ants_binary_available() or antspy_available()):
+            problems.append("--downstream ants: neither antsRegistration nor antspyx is available")
+    if opts.downstream == "niftyreg":
+        from usb_prep.pipelines.niftyreg import find_niftyreg_dir
+
+        d = find_niftyreg_dir(str(opts.niftyreg_dir) if opts.niftyreg_dir else None)
+        if not d or not os.path.isfile(os.path.join(d, "reg_aladin")):
+            problems.append("--downstream niftyreg: reg_aladin not found (pip install niftyreg, or NIFTYREGDIR)")
+    return problems
+
+
+def build_workflow(opts) -> tuple:
+    """Build the nipype workflow for all selected subjects.
+
+    Parameters
+    ----------
+    opts : argparse.Namespace
+        Parsed options (see :func:`get_parser`).
+
+    Returns
+    -------
+    workflow : nipype Workflow or None
+        None when no subject can run.
+    plan : Plan
+        Entries, skipped subjects with reasons, expected outputs.
+    """
+    from nipype.pipeline import engine as pe
+
+    from usb_prep import bids as core
+    from usb_prep.pipelines.bids import init_bids_subject_wf
+
+    output_dir = opts.output_dir.absolute()
+    inputs, problems = core.collect_anat(
+        opts.bids_dir, participant_labels=opts.participant_label, session_labels=opts.session_label,
+        mask_kind=opts.mask_kind, masks_dir=opts.masks_dir,
+    )
+    plan = Plan(skipped=[(p.split(":")[0], p.split(":", 1)[1].strip()) for p in problems])
+    wf = pe.Workflow(name="usb_prep_wf", base_dir=str(Path(opts.work_dir).absolute()))
+    label = opts.fs_lesion_label if opts.fs_lesion_label == "hemi" else int(opts.fs_lesion_label)
+    for entry in inputs:
+        if entry.mask is None and not opts.heal_without_mask:
+            plan.skipped.append((entry.key, f"no {opts.mask_kind} mask found (use --heal-without-mask "
+                                             "to heal without one)"))
+            continue
+        sub_wf = init_bids_subject_wf(
+            entry=entry, bids_dir=opts.bids_dir, output_dir=output_dir, fill_options=_fill_options(opts),
+            mask_kind=opts.mask_kind, downstream=opts.downstream,
+            template=str(opts.template) if opts.template else None,
+            template_dseg=str(opts.template_dseg) if opts.template_dseg else None,
+            template_space=opts.template_space,
+            fs_subjects_dir=str(opts.fs_subjects_dir) if opts.fs_subjects_dir else None,
+            fs_license_file=str(opts.fs_license_file) if opts.fs_license_file else os.getenv("FS_LICENSE"),
+            fs_lesion_label=label, niftyreg_dir=str(opts.niftyreg_dir) if opts.niftyreg_dir else None,
+            skull_stripped=opts.skull_stripped, omp_nthreads=opts.omp_nthreads,
+        )
+        wf.add_nodes([sub_wf])
+        plan.entries.append(entry)
+        plan.expected[entry.key] = [
+            output_dir / core.derivative_name(entry, desc=core.FILLED_DESC[opts.mask_kind], suffix="T1w"),
+            output_dir / f"{entry.key}.html",
+        ]
+    if opts.stop_on_first_crash:
+        wf.config["execution"]["stop_on_first_crash"] = True
+    wf.config["execution"]["crashfile_format"] = "txt"
+    return (wf if plan.entries else None), plan
+
+
+def _plugin(opts) -> tuple[str, dict]:
+    if opts.use_plugin:
+        import yaml
+
+        cfg = yaml.safe_load(Path(opts.use_plugin).read_text()) or {}
+        return cfg.get("plugin", "MultiProc"), dict(cfg.get("plugin_args") or {})
+    args = {"n_procs": opts.nprocs, "raise_insufficient": False}
+    if opts.mem_gb:
+        args["memory_gb"] = opts.mem_gb
+    return "MultiProc", args
+
+
+def write_dataset_description(opts) -> None:
+    """``dataset_description.json`` of the derivatives (``GeneratedBy``, ``DatasetLinks``)."""
+    from usb_prep import __version__
+    from usb_prep import bids as core
+
+    core.write_json(Path(opts.output_dir) / "dataset_description.json",
+                    core.dataset_description(version=__version__, bids_dir=opts.bids_dir))
+
+
+def _validate(bids_dir: Path) -> list[str]:
+    problems = []
+    if not bids_dir.is_dir():
+        problems.append(f"{bids_dir}: not a folder")
+    elif not (bids_dir / "dataset_description.json").exists():
+        problems.append(f"{bids_dir}: no dataset_description.json (use --skip-bids-validation to go on)")
+    return problems
+
+
+def main(argv=None) -> int:
+    """Entry point of ``usb-prep``; returns the exit code."""
+    opts = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(opts.verbose, 2), format="%(levelname)s %(message)s")
+    if not opts.skip_bids_validation:
+        problems = _validate(opts.bids_dir)
+        if problems:
+            for msg in problems:
+                LOGGER.error(msg)
+            return EXIT_USAGE
+    deps = check_dependencies(opts)
+    if deps:
+        for msg in deps:
+            LOGGER.error(msg)
+        return EXIT_DEPENDENCY
+    wf, plan = build_workflow(opts)
+    for key, reason in plan.skipped:
+        LOGGER.warning("%s skipped: %s", key, reason)
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(opts)
+    if wf is None:
+        LOGGER.error("nothing to run")
+        return EXIT_SUBJECTS_FAILED
+    if opts.write_graph:
+        wf.write_graph(graph2use="colored", format="svg", simple_form=True)
+    plugin, plugin_args = _plugin(opts)
+    started = time.time()
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
+        LOGGER.error("some nodes failed: %s", err)
+    failed = [key for key, paths in plan.expected.items() if not all(p.exists() for p in paths)]
+    for key in failed:
+        LOGGER.error("%s failed (see crash files in %s)", key, opts.work_dir)
+    LOGGER.info("finished in %.0f s", time.time() - started)
+    ok = [k for k in plan.expected if k not in failed]
+    print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")
+    return EXIT_OK if not failed and not plan.skipped else EXIT_SUBJECTS_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

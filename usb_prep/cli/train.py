@@ -1,0 +1,50 @@
+"""``usb-train``: train (or resume) a USB model on prepared brains and real lesion masks.
+
+Single process: ``usb-train --brains B --masks M --out RUN``.
+Many GPUs or processes: ``torchrun --nproc_per_node 4 -m usb_prep.cli.train --brains ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(exists=True), default=None,
+              help="JSON file of TrainConfig fields; command-line options override it.")
+@click.option("--preset", default=None, help="Model preset: cpu (filling), cpu-gen (generation), paper, tiny.")
+@click.option("--brains", type=click.Path(), default=None, help="Prepared brains (NAME_T1w.nii.gz + NAME_brainmask.nii.gz).")
+@click.option("--masks", type=click.Path(), default=None, help="Lesion mask root (soop/, ms/, neglect/).")
+@click.option("--out", type=click.Path(), default=None, help="Run folder: checkpoint, log.jsonl, weights/.")
+@click.option("--iterations", type=int, default=None)
+@click.option("--minutes", type=float, default=None, help="Stop (and save) after this wall-clock time.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--patch", type=int, default=None, help="Patch edge (patch models).")
+@click.option("--lr", type=float, default=None)
+@click.option("--threads", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--max-masks", type=int, default=None, help="Use only this many masks (quick runs).")
+@click.option("--quiet", is_flag=True)
+def main(config_file, quiet, **opts):
+    """Train the paired lesion/brain diffusion model (resumes from OUT/ckpt.pt if present)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from usb_prep.training import TrainConfig, train
+
+    fields = json.loads(Path(config_file).read_text()) if config_file else {}
+    fields.update({k: v for k, v in opts.items() if v is not None})
+    if "exclude_brains" in fields:
+        fields["exclude_brains"] = tuple(fields["exclude_brains"])
+    cfg = TrainConfig(**fields)
+    if not cfg.brains or not cfg.masks:
+        raise click.UsageError("--brains and --masks are required (or in --config)")
+    out = train(cfg, progress=not quiet)
+    click.echo(f"weights: {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

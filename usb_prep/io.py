@@ -1,0 +1,181 @@
+"""Image input/output: validation with clear errors, atomic writes, sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+
+
+class InputError(ValueError):
+    """A user-facing problem with an input or output path; nothing was written."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in SUFFIXES:
+        if name.endswith(s):
+            return s
+    return ""
+
+
+def strip_suffix(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    s = _suffix(p)
+    return p.with_name(p.name[: len(p.name) - len(s)]) if s else p.with_suffix("")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``out.nii.gz`` -> ``out.json``."""
+    p = strip_suffix(path)
+    return p.with_name(p.name + ".json")
+
+
+def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
+    """Load and validate a 3D NIfTI/MGZ (a path or an already loaded image).
+
+    Rejects other formats, truncated files, 4D data (a trailing axis of 1 is
+    accepted), and NaN/Inf voxels, each with a message naming the file.
+    """
+    if isinstance(image, nib.spatialimages.SpatialImage):
+        img, name = image, f"{what} (in memory)"
+    else:
+        path = Path(image)
+        name = f"{what} {path}"
+        if not path.is_file():
+            raise InputError(f"{name}: no such file")
+        if not _suffix(path):
+            raise InputError(f"{name}: not a NIfTI or MGZ file (expected one of {', '.join(SUFFIXES)})")
+        try:
+            img = nib.load(str(path))
+        except Exception as e:  # nibabel raises several types for bad headers
+            raise InputError(f"{name}: cannot be read as NIfTI/MGZ ({e})") from e
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        pass
+    elif len(shape) != 3:
+        raise InputError(f"{name}: expected a 3D volume, got shape {shape}")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # truncated gzip / short file
+        raise InputError(f"{name}: data cannot be read (truncated or corrupt file?): {e}") from e
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise InputError(f"{name}: contains NaN or Inf voxels")
+    return img
+
+
+def get_data(img) -> np.ndarray:
+    """3D float64 voxel values (scaling applied)."""
+    data = np.asanyarray(img.dataobj, dtype=np.float64)
+    return data.reshape(data.shape[:3])
+
+
+def same_grid(a, b, atol: float = 1e-3) -> bool:
+    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, atol=atol)
+
+
+def resample_like(moving, reference, order: int = 0):
+    """Resample ``moving`` onto ``reference``'s grid (world coordinates; nearest by default)."""
+    from nibabel.processing import resample_from_to
+
+    mov = moving
+    if len(moving.shape) == 4:
+        mov = moving.slicer[..., 0]
+    ref = (reference.shape[:3], reference.affine)
+    return resample_from_to(mov, ref, order=order, mode="constant", cval=0)
+
+
+def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: list | None = None) -> np.ndarray:
+    """Boolean lesion mask (1 = lesion) on the image grid, with the checks users need."""
+    messages = messages if messages is not None else []
+    if not same_grid(mask_img, image_img):
+        if not resample_mask:
+            raise InputError(
+                f"image and mask are on different grids (shapes {image_img.shape[:3]} vs {mask_img.shape[:3]}, "
+                "or different affines); pass --resample-mask to resample the mask onto the image"
+            )
+        mask_img = resample_like(mask_img, image_img, order=1)
+        messages.append("mask resampled onto the image grid (linear, threshold 0.5)")
+    m = get_data(mask_img)
+    values = np.unique(m)
+    if not np.all(np.isin(values, (0.0, 1.0))):
+        messages.append(f"mask is not binary ({values.size} distinct values): thresholded at 0.5")
+    mask = m >= 0.5
+    if not mask.any():
+        messages.append("mask is empty: input copied unchanged")
+    return mask
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Fail early (before any work) if ``path`` exists or its folder is not writable."""
+    p = Path(path)
+    if not _suffix(p):
+        raise InputError(f"output {p}: name must end in one of {', '.join(SUFFIXES)}")
+    if p.exists() and not overwrite:
+        raise InputError(f"output {p} exists; pass --overwrite to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable")
+    return p
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + _suffix(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_image(img, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write an image atomically (temporary file, then rename)."""
+    p = check_output(path, overwrite=overwrite)
+    _atomic_write(p, lambda tmp: nib.save(img, tmp))
+    return p
+
+
+def write_sidecar(path: str | os.PathLike, data: dict, *, overwrite: bool = True) -> Path:
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise InputError(f"{p} exists")
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    _atomic_write(p, lambda tmp: Path(tmp).write_text(text))
+    return p
+
+
+def like_input(values: np.ndarray, ref, where: np.ndarray | None = None):
+    """An image with ``ref``'s header, affine, shape and on-disk dtype.
+
+    Only voxels in ``where`` take ``values``; all others keep ``ref``'s stored
+    (unscaled) values bit for bit, scaling slope/intercept included.
+    """
+    raw = np.asanyarray(ref.dataobj.get_unscaled()) if hasattr(ref.dataobj, "get_unscaled") else np.asanyarray(ref.dataobj)
+    out = np.array(raw, copy=True)
+    shape3 = out.shape[:3]
+    out3 = out.reshape(shape3)
+    slope, inter = 1.0, 0.0
+    if hasattr(ref.dataobj, "slope"):
+        slope, inter = float(ref.dataobj.slope), float(ref.dataobj.inter)
+    where = np.ones(shape3, bool) if where is None else where
+    new = (values[where] - inter) / slope
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        new = np.clip(np.rint(new), info.min, info.max)
+    out3[where] = new.astype(out.dtype)
+    hdr = ref.header.copy()
+    img = ref.__class__(out, ref.affine, hdr)
+    if hasattr(img.header, "set_slope_inter") and hasattr(ref.dataobj, "slope"):
+        img.header.set_slope_inter(ref.dataobj.slope, ref.dataobj.inter)
+    return img

@@ -1,0 +1,102 @@
+"""A USB model: the two denoisers, their noise schedule and (latent mode) the autoencoder.
+
+Values the networks see ("model space"):
+- pixel mode: an image normalised to [0, 1] maps to ``2 v - 1``; a mask to ``2 m - 1``.
+- latent mode: ``encode(2 v - 1 ...)``: the autoencoder mean latent times ``latent_scale``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .nets import UNet3D
+from .schedule import NoiseSchedule
+
+
+class USBModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.lesion_net = UNet3D(cfg.lesion_net)  # eps_x(x_t, y_t, t)
+        self.brain_net = UNet3D(cfg.brain_net)  # eps_y(y_t, [x0_hat, context...], t)
+        self.schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+        self.autoencoder = None
+        if cfg.mode == "latent":
+            from monai.networks.nets import AutoencoderKL
+
+            self.autoencoder = AutoencoderKL(**cfg.autoencoder)
+        elif cfg.mode != "pixel":
+            raise ValueError(f"unknown mode {cfg.mode!r}")
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes in model space must be multiples of this."""
+        return self.brain_net.divisor
+
+    @property
+    def downsample(self) -> int:
+        """Voxels per model-space voxel along each axis (autoencoder factor in latent mode)."""
+        if self.autoencoder is None:
+            return 1
+        return 2 ** (len(self.cfg.autoencoder["channels"]) - 1)
+
+    # --- model space -------------------------------------------------------
+    def encode_image(self, v: torch.Tensor) -> torch.Tensor:
+        """[0, 1] image (N, 1, ...) -> model space."""
+        if self.autoencoder is None:
+            return v * 2 - 1
+        # the authors encode [0, 1] images directly
+        return self.autoencoder.encode(v)[0] * self.cfg.latent_scale
+
+    def decode_image(self, y: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return (y + 1) / 2
+        return self.autoencoder.decode(y / self.cfg.latent_scale)
+
+    def encode_mask(self, m: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return m.float() * 2 - 1
+        return self.autoencoder.encode(m.float())[0] * self.cfg.latent_scale
+
+    def decode_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> soft mask in [0, 1] (threshold at 0.5 for a label)."""
+        if self.autoencoder is None:
+            return ((x + 1) / 2).clamp(0, 1)
+        return self.autoencoder.decode(x / self.cfg.latent_scale).clamp(0, 1)
+
+    def empty_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """Model-space code of "no lesion" with ``like``'s shape (model space)."""
+        if self.autoencoder is None:
+            return torch.full_like(like[:, :1], -1.0)
+        ref = torch.zeros(like.shape[0], 1, *[s * self.downsample for s in like.shape[2:]], device=like.device)
+        return self.encode_mask(ref)
+
+    # --- condition of USB_brain -------------------------------------------
+    def brain_cond(self, lesion: torch.Tensor, context: torch.Tensor | None = None, known: torch.Tensor | None = None,
+                   mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """[lesion] + [context * known, known] (context models) + [mirror] (mirror models).
+
+        ``lesion`` is the (estimated or given) lesion in model space; ``context``
+        the image in model space and ``known`` in {0, 1} where it may be used;
+        ``mirror`` the image mirrored across the midline, in [0, 1] units
+        (0 where unknown).  Missing parts are zeros ("not given").
+        """
+        parts = [lesion]
+        z = torch.zeros_like(lesion[:, :1])
+        if self.cfg.context:
+            if context is None or known is None:
+                parts += [z, z]
+            else:
+                known = known.to(lesion.dtype)
+                parts += [context * known, known]
+        if self.cfg.mirror:
+            parts.append(z if mirror is None else mirror.to(lesion.dtype))
+        return torch.cat(parts, dim=1)
+
+    def eps_lesion(self, x_t, y_t, t):
+        return self.lesion_net(x_t, y_t, t)
+
+    def eps_brain(self, y_t, cond, t):
+        return self.brain_net(y_t, cond, t)

@@ -1,0 +1,391 @@
+"""Training the paired USB model: samplers of synthetic lesion pairs, the paired loss, the loop.
+
+The paired objective (usb-method.md section 3): ``L = L_lesion + L_brain`` with
+``L_lesion = |eps_x - eps_x(x_t, y_t, t)|^2`` and ``L_brain = |eps_y - eps_y(y_t,
+x0_hat, t)|^2``, the one-step lesion estimate ``x0_hat`` detached as the brain
+model's condition.  Ours adds, for context models, a "fill" share of samples
+where the brain model learns the *healthy* image inside a hole from the
+context around it (and, for mirror models, the contralateral hemisphere).
+
+Runs on one CPU, one GPU, or many processes under ``torchrun`` (DDP; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import crops
+from .config import ModelConfig, preset
+from .mirror import midline
+from .model import USBModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "cpu"  # model preset (usb_prep.config.PRESETS)
+    brains: str = ""  # folder of prepared brains: NAME_T1w.nii.gz + NAME_brainmask.nii.gz (MNI 1 mm, normalised)
+    masks: str = ""  # lesion mask root (soop/, ms/, neglect/ of binary MNI masks)
+    out: str = "runs/usb"
+    iterations: int = 2000
+    minutes: float | None = None  # wall-clock budget; stops (and saves) when reached
+    batch_size: int = 4
+    patch: int = 32  # patch models: cube edge in voxels
+    lr: float = 2e-4
+    ema: float = 0.995
+    p_empty: float = 0.1  # share of healthy samples with an empty mask
+    p_fill: float = 0.6  # context models: share of brain samples trained as "fill" (healthy target, hole)
+    p_context: float = 0.5  # context models, paired samples: share that also get context
+    known_weight: float = 0.1  # loss weight of known (context) voxels relative to the hole
+    contrast: str = "T1w"
+    min_ml: float = 0.1
+    max_ml: float = 150.0
+    max_masks: int | None = None  # use only this many masks (tests)
+    exclude_brains: tuple[str, ...] = ("otsu_head",)  # held out for the benchmark
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# --- data ---------------------------------------------------------------------
+def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
+    """Prepared brains: ``{name, image (float32), brain (bool), affine}`` for every NAME_T1w.nii.gz."""
+    out = []
+    for p in sorted(Path(folder).glob("*_T1w.nii.gz")):
+        name = p.name[: -len("_T1w.nii.gz")]
+        if name in exclude:
+            log.info("holding out brain %s", name)
+            continue
+        img = nib.load(str(p))
+        bm_p = p.with_name(f"{name}_brainmask.nii.gz")
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        brain = np.asanyarray(nib.load(str(bm_p)).dataobj) > 0 if bm_p.exists() else data > 0
+        out.append({"name": name, "image": data, "brain": brain, "affine": img.affine})
+    if not out:
+        raise FileNotFoundError(f"no prepared brains (*_T1w.nii.gz) in {folder}")
+    return out
+
+
+def load_bank(cfg: TrainConfig, ref_shape, ref_affine) -> list[dict]:
+    from .data.splits import list_masks
+    from .data.synthesis import load_mask_bank
+
+    paths = list_masks(cfg.masks, split="train")
+    if cfg.max_masks:
+        rng = np.random.default_rng(cfg.seed)
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), min(cfg.max_masks, len(paths)), replace=False))]
+    bank = load_mask_bank(paths, (tuple(ref_shape), ref_affine), min_ml=cfg.min_ml, max_ml=cfg.max_ml)
+    if not bank:
+        raise RuntimeError(f"no training masks left in {cfg.masks} after the volume filter")
+    return bank
+
+
+class PatchSampler:
+    """Patches around (synthetic) lesions: healthy, pathological, mask, contralateral mirror."""
+
+    def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
+        self.brains, self.bank, self.cfg, self.mcfg = brains, bank, cfg, model_cfg
+        for b in brains:  # midline of each brain along voxel axis 0 (prepared brains are RAS)
+            b["centre"] = midline(b["image"], 0)
+
+    def _placed_mask(self, rng, shape) -> tuple[np.ndarray, crops.Box] | None:
+        from .data.synthesis import deform_mask
+
+        e = self.bank[rng.integers(len(self.bank))]
+        m = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5)))
+        lo = np.asarray(e["offset"]) + rng.integers(-4, 5, 3) + (np.asarray(e["crop"].shape) - np.asarray(m.shape)) // 2
+        return m.astype(bool), crops.Box(tuple(int(v) for v in lo), tuple(int(v) for v in lo + np.asarray(m.shape)))
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from .data.synthesis import paint_lesion
+
+        P = self.cfg.patch
+        b = self.brains[rng.integers(len(self.brains))]
+        img, brain = b["image"], b["brain"]
+        full_mask = np.zeros(img.shape, bool)
+        empty = rng.random() < self.cfg.p_empty
+        if not empty:
+            m, mbox = self._placed_mask(rng, img.shape)
+            crops.paste(full_mask, mbox, m, np.ones(img.shape, bool))
+            full_mask &= brain
+        if full_mask.any():
+            idx = np.argwhere(full_mask)
+            centre = idx[rng.integers(len(idx))]  # a random lesion voxel: big lesions get varied views
+        else:
+            idx = np.argwhere(brain)
+            centre = idx[rng.integers(len(idx))]
+        lo = centre - P // 2 + rng.integers(-P // 4, P // 4 + 1, 3)
+        box = crops.Box(tuple(int(v) for v in lo), tuple(int(v) + P for v in lo))
+        H = crops.extract(img, box)
+        Bm = crops.extract(brain, box)
+        M = crops.extract(full_mask, box)
+        # contralateral patch: voxel i -> 2c - i along axis 0, jittered to mimic imperfect alignment
+        c = b["centre"] + rng.normal(0, 1.0)
+        mlo = int(round(2 * c - (box.hi[0] - 1)))
+        jit = rng.integers(-2, 3, 2)
+        mbox = crops.Box((mlo, box.lo[1] + int(jit[0]), box.lo[2] + int(jit[1])),
+                         (mlo + P, box.hi[1] + int(jit[0]), box.hi[2] + int(jit[1])))
+        Hm = crops.extract(img, mbox)[::-1]
+        Mm = crops.extract(full_mask, mbox)[::-1]
+        H, Hm = _intensity_aug(rng, H, Hm)
+        if M.any():
+            Pth, _ = paint_lesion(H, Bm, M, rng, contrast=self.cfg.contrast)
+        else:
+            Pth = H.copy()
+        mirror = np.where(Mm, 0, Hm)
+        arrs = {"healthy": H, "patho": Pth.astype(np.float32), "mask": M.astype(np.float32), "mirror": mirror}
+        return _flip_permute(rng, arrs)
+
+
+class GridSampler:
+    """Whole brains on the model's coarse grid (generation models)."""
+
+    def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
+        self.cfg, self.mcfg = cfg, model_cfg
+        self.f = int(round(model_cfg.voxel_mm))
+        self.grid = np.array(model_cfg.grid)
+        self.brains = [(self._coarse(b["image"]), self._coarse(b["brain"].astype(np.float32)) > 0.5) for b in brains]
+        self.bank = bank
+        self.shape1 = brains[0]["image"].shape
+
+    def _coarse(self, a: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+        pad = [(-s) % self.f for s in a.shape]
+        t = F.pad(t, [0, pad[2], 0, pad[1], 0, pad[0]])
+        c = F.avg_pool3d(t, self.f)[0, 0].numpy()
+        lo = (np.array(c.shape) - self.grid) // 2
+        return crops.extract(c, crops.Box(tuple(lo), tuple(lo + self.grid)))
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from .data.synthesis import deform_mask, paint_lesion
+
+        i = rng.integers(len(self.brains))
+        H, Bm = self.brains[i]
+        M = np.zeros(self.grid, bool)
+        if rng.random() >= self.cfg.p_empty:
+            e = self.bank[rng.integers(len(self.bank))]
+            full = np.zeros(self.shape1, np.float32)
+            m = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5)))
+            lo = np.asarray(e["offset"])
+            crops.paste(full, crops.Box(tuple(lo), tuple(lo + np.asarray(m.shape))), m.astype(np.float32),
+                        np.ones(self.shape1, bool))
+            M = (self._coarse(full) >= 0.4) & Bm
+        H, _ = _intensity_aug(rng, H.copy(), H.copy(), noise=0.01)
+        Pth = paint_lesion(H, Bm, M, rng, contrast=self.cfg.contrast)[0] if M.any() else H.copy()
+        arrs = {"healthy": H, "patho": Pth.astype(np.float32), "mask": M.astype(np.float32),
+                "mirror": np.zeros_like(H)}
+        if rng.random() < 0.5:  # left-right flip keeps the grid's orientation meaningful
+            arrs = {k: np.ascontiguousarray(v[::-1]) for k, v in arrs.items()}
+        return arrs
+
+
+def _intensity_aug(rng, a: np.ndarray, b: np.ndarray, noise: float = 0.03):
+    """Same global contrast change for a patch and its mirror: scale, gamma, noise."""
+    scale = rng.uniform(0.8, 1.2)
+    gamma = math.exp(rng.normal(0, 0.15))
+    sd = rng.uniform(0, noise)
+
+    def f(x):
+        x = np.clip(x, 0, None) ** gamma * scale
+        return (x + rng.normal(0, sd, x.shape) * (x > 0)).astype(np.float32)
+
+    return f(a), f(b)
+
+
+def _flip_permute(rng, arrs: dict) -> dict:
+    """Random flips and axis permutation, the same for every array (orientation-agnostic patch models)."""
+    perm = rng.permutation(3)
+    flips = rng.random(3) < 0.5
+    out = {}
+    for k, v in arrs.items():
+        v = np.transpose(v, perm)
+        for ax in range(3):
+            if flips[ax]:
+                v = np.flip(v, ax)
+        out[k] = np.ascontiguousarray(v, dtype=np.float32)
+    return out
+
+
+# --- loss ------------------------------------------------------------------------
+class PairedLoss(nn.Module):
+    """``forward(batch, generator) -> (loss, parts)``; one module so DDP can wrap it."""
+
+    def __init__(self, model: USBModel, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], t: torch.Tensor, noise_x, noise_y, modes):
+        model, sch = self.model, self.model.schedule
+        M = batch["mask"]
+        x0 = model.encode_mask(M)
+        hole = F.max_pool3d(M, 5, stride=1, padding=2)  # the lesion dilated by 2 voxels
+        # the brain target: pathological image (paired) or healthy (fill)
+        fill = modes == 1
+        ctx_on = modes >= 1
+        target01 = torch.where(fill[:, None, None, None, None], batch["healthy"], batch["patho"])
+        y0 = model.encode_image(target01)
+        y_patho = model.encode_image(batch["patho"])
+        # lesion chain sees the noisy pathological image
+        x_t = sch.add_noise(x0, noise_x, t)
+        y_t_patho = sch.add_noise(y_patho, noise_y, t)
+        eps_x = model.eps_lesion(x_t, y_t_patho, t)
+        l_lesion = F.mse_loss(eps_x, noise_x)
+        x0_hat = sch.predict_x0(x_t, eps_x.detach(), t).clamp(-1, 1)
+        lesion_cond = torch.where(fill[:, None, None, None, None], model.empty_mask(x0_hat), x0_hat)
+        y_t = sch.add_noise(y0, noise_y, t)
+        weight = torch.ones_like(hole)
+        if model.cfg.context:
+            known = (1 - hole) * ctx_on[:, None, None, None, None].float()
+            mirror = batch["mirror"] * ctx_on[:, None, None, None, None].float() if model.cfg.mirror else None
+            cond = model.brain_cond(lesion_cond, y_patho, known, mirror)
+            weight = torch.where(known > 0, torch.full_like(known, self.cfg.known_weight), weight)
+        else:
+            cond = model.brain_cond(lesion_cond)
+        eps_y = model.eps_brain(y_t, cond, t)
+        l_brain = ((eps_y - noise_y) ** 2 * weight).sum() / weight.sum().clamp(min=1)
+        return l_lesion + l_brain, {"lesion": l_lesion.detach(), "brain": l_brain.detach()}
+
+
+# --- loop ------------------------------------------------------------------------
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return world, rank
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | None = None) -> Path:
+    """Train (or resume) a model; writes ``cfg.out/ckpt.pt`` and the EMA weights ``cfg.out/weights/``."""
+    import torch.distributed as dist
+
+    world, rank = _dist_info()
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mcfg = model_cfg or preset(cfg.preset)
+    brains = load_brains(cfg.brains, cfg.exclude_brains)
+    bank = load_bank(cfg, brains[0]["image"].shape, brains[0]["affine"])
+    sampler = (GridSampler if mcfg.grid is not None else PatchSampler)(brains, bank, cfg, mcfg)
+    model = USBModel(mcfg).to(device)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = 0
+    ckpt_path = out / "ckpt.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["iteration"]
+        log.info("resumed from %s at iteration %d", ckpt_path, start)
+    loss_mod = PairedLoss(model, cfg)
+    runner = loss_mod
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(loss_mod)
+    rng = np.random.default_rng([cfg.seed, rank, start])
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + start)
+    T = mcfg.num_train_timesteps
+    t0 = time.time()
+    logf = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iterations, initial=start, desc="training", unit="it")
+    it = start
+    stop = False
+    while it < cfg.iterations and not stop:
+        samples = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))[:, None].to(device) for k in samples[0]}
+        half = (cfg.batch_size + 1) // 2  # antithetic timesteps (t, T-1-t)
+        th = torch.randint(0, T, (half,), generator=gen)
+        t = torch.cat([th, T - 1 - th])[: cfg.batch_size].to(device)
+        u = torch.rand(cfg.batch_size, generator=gen)
+        if mcfg.context:
+            modes = torch.where(u < cfg.p_fill, 1, torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.p_context, 2, 0))
+        else:
+            modes = torch.zeros(cfg.batch_size, dtype=torch.long)
+        modes = modes.to(device)
+        shape = batch["mask"].shape
+        noise_x = torch.randn(shape, generator=gen).to(device)
+        noise_y = torch.randn(shape, generator=gen).to(device)
+        model.train()
+        loss, parts = runner(batch, t, noise_x, noise_y, modes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + it) / (10 + it))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+        it += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        elapsed = time.time() - t0
+        if cfg.minutes is not None and elapsed > cfg.minutes * 60:
+            stop = True
+        if rank == 0 and (it % cfg.log_every == 0 or stop):
+            rec = {"iteration": it, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+                   "seconds": round(elapsed, 1)}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+        if rank == 0 and (it % cfg.checkpoint_every == 0 or stop or it >= cfg.iterations):
+            _save_checkpoint(ckpt_path, model, ema, opt, it, cfg)
+            export(ema, out / "weights", cfg, it)
+    if bar is not None:
+        bar.close()
+    if logf is not None:
+        logf.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "weights"
+
+
+def _save_checkpoint(path: Path, model, ema, opt, it, cfg):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "iteration": it,
+                "train_config": cfg.to_dict()}, tmp)
+    tmp.replace(path)
+
+
+def export(ema: USBModel, folder: Path, cfg: TrainConfig, it: int, role: str | None = None) -> Path:
+    """Write the EMA weights in the shipped format, with a training summary in the config."""
+    from .weights import save_model
+
+    summary = {"iterations": it, **{k: v for k, v in cfg.to_dict().items() if k not in ("out",)}}
+    m = USBModel(ema.cfg.replace(training=summary))
+    m.load_state_dict(ema.state_dict())
+    role = role or ("generate" if ema.cfg.grid is not None else "fill")
+    return save_model(folder, {role: m})

@@ -1,0 +1,151 @@
+"""Weights format: a folder with ``usb.json`` and safetensors files, checked by sha256.
+
+``usb.json`` maps a *role* to a model::
+
+    {"format": 1,
+     "models": {"fill":     {"file": "fill.safetensors", "sha256": "...", "config": {...}},
+                "generate": {"file": "generate.safetensors", "sha256": "...", "config": {...}}}}
+
+``fill`` runs the editing tasks (known-mask filling, healing, embedding) and
+``generate`` the generation tasks.  A folder may hold one model under both
+roles (the converted ``paper`` model does).  Folders are resolved in one
+order: the explicit argument, then ``$USB_PREP_WEIGHTS``, then the packaged
+default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "USB_PREP_WEIGHTS"
+MANIFEST = "usb.json"
+ROLES = ("fill", "generate")
+
+
+def packaged_weights_dir() -> Path:
+    return Path(__file__).resolve().parent / "weights" / "default"
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, unreadable or failing their checksum."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _places(explicit) -> list[tuple[str, Path | None]]:
+    env = os.environ.get(ENV_VAR)
+    return [
+        ("--weights / weights= argument", Path(explicit) if explicit else None),
+        (f"${ENV_VAR}", Path(env) if env else None),
+        ("packaged default", packaged_weights_dir()),
+    ]
+
+
+def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
+    """The weights folder to use: explicit path, then ``$USB_PREP_WEIGHTS``, then the packaged default.
+
+    The first place that is *given* is used; if it has no valid manifest the
+    error names all three places.
+    """
+    places = _places(explicit)
+    for _, p in places:
+        if p is None:
+            continue
+        folder = p.parent if p.is_file() and p.name == MANIFEST else p
+        if (folder / MANIFEST).is_file():
+            return folder
+        break
+    lines = [f"  {what}: {p if p is not None else '(not set)'}" for what, p in places]
+    raise WeightsError(
+        "No usable usb_prep weights (a folder with usb.json and its .safetensors files). Looked at, in order:\n"
+        + "\n".join(lines)
+        + "\nThe first place given is used; fix or unset it."
+    )
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        with open(folder / MANIFEST) as f:
+            man = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"cannot read {folder / MANIFEST}: {e}") from e
+    if "models" not in man:
+        raise WeightsError(f"{folder / MANIFEST} has no 'models' entry")
+    return man
+
+
+def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None) -> Path:
+    """Write models (each a :class:`usb_prep.model.USBModel`) under their roles."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict] = {}
+    written: dict[int, str] = {}
+    for role, model in role_to_model.items():
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        fname = written.get(id(model))
+        if fname is None:
+            fname = f"{role}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(folder / fname))
+            written[id(model)] = fname
+        entries[role] = {"file": fname, "sha256": sha256_file(folder / fname), "config": model.cfg.to_dict()}
+    manifest = {"format": 1, "models": entries, **(extra or {})}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(folder / MANIFEST)
+    return folder
+
+
+def load_model(weights: str | os.PathLike | None = None, role: str = "fill", device: str | torch.device = "cpu"):
+    """Load the model for ``role`` from the resolved folder; checks its sha256.
+
+    Returns ``(model, info)`` with ``info = {"folder", "file", "sha256", "role"}``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import USBModel
+
+    folder = resolve_weights(weights)
+    man = read_manifest(folder)
+    entry = man["models"].get(role)
+    if entry is None:
+        raise WeightsError(f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"weights file missing: {path}")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+    cfg = ModelConfig.from_dict(entry["config"])
+    model = USBModel(cfg)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from e
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval().to(device)
+    info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
+    log.debug("loaded %s", info)
+    return model, info
