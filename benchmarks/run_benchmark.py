@@ -315,7 +315,7 @@ def time_figure(path, cases, methods):
     for m in methods:
         if m == "unfilled":
             continue
-        pts = [(c.volume_ml, c.results[m]["time_s"]) for c in cases if m in c.results]
+        pts = [(c.volume_ml, c.results[m]["time_s"]) for c in cases if "time_s" in c.results.get(m, {})]
         if pts:
             x, y = zip(*sorted(pts))
             ax.plot(x, y, "o-", label=m, ms=4)
@@ -414,7 +414,7 @@ def main(argv=None):
 
     for case in cases:
         log(f"case {case.name} ({case.volume_ml:.1f} ml)")
-        box = D.crop_box(case.mask, 20)
+        box = D.crop_box(case.mask, 12)
         shell = D.shell(case.mask, 3.0, _vox(affine), brain)
         seg_truth = D.segment3(case.truth, brain, box)
         outputs = {}
@@ -451,7 +451,8 @@ def main(argv=None):
         for mname, reason in missing.items():
             case.results[mname] = {"error": f"not available: {reason}"}
         slice_figure(out_dir / f"fig_{case.name.replace(':', '_')}.png", case, outputs,
-                     f"{case.name}  {case.volume_ml:.1f} ml  (painted on {brain_source.split(' ')[0]})")
+                     f"{case.name}  {case.volume_ml:.1f} ml  (painted on "
+                     f"{'MNI152 stand-in' if brain_source.startswith('STAND-IN') else 'otsu_head'})")
 
     # real patient(s): no ground truth
     patients = []
@@ -461,7 +462,7 @@ def main(argv=None):
         pc = Case("patient:ms07", "patient", data, pmask, pbrain, paff, None,
                   float(pmask.sum() * abs(np.linalg.det(paff[:3, :3])) / 1000), str(pdir))
         log(f"patient ms07 ({pc.volume_ml:.1f} ml)")
-        box = D.crop_box(pmask, 20)
+        box = D.crop_box(pmask, 12)
         shell = D.shell(pmask, 3.0, _vox(paff), pbrain)
         outputs = {}
         for mname, fn in methods.items():

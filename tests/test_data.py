@@ -185,3 +185,14 @@ def test_augment_intensity_only_keeps_mask_and_channels_equal():
     assert out.min() >= 0
     with pytest.raises(TypeError):
         augment.augment_pair(image, lesion, np.random.default_rng(0), p_unknown=1.0)
+
+
+def test_nib_ants_round_trip():
+    """Physical space survives nibabel (RAS) -> antspyx (LPS) -> nibabel, any orientation."""
+    pytest.importorskip("ants")
+    data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    aff = np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -20], [0, 1, 0, 5], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, aff)
+    back = prep.ants_to_nib(prep.nib_to_ants(img))
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data)

@@ -180,9 +180,11 @@ def fill_wmstats(
         k = wm_class if -centres.size <= wm_class < centres.size else -1
         wm = sample[cls == (k % centres.size)].astype(np.float64)
         mu, sd = float(wm.mean()), float(wm.std())
-        where = labels == lab if n > 1 else mask
+        # index inside the component's own box: a full-volume `labels == lab`
+        # per component is what makes many-lesion (MS) masks slow
+        where = labels[comp_full_slice] == lab
         draws = rng.normal(mu, sd, size=int(where.sum()))
-        out[where] = np.clip(draws, wm.min(), wm.max())
+        out[comp_full_slice][where] = np.clip(draws, wm.min(), wm.max())
     return out
 
 

@@ -99,6 +99,8 @@ class ModelConfig:
                 d[key] = NetConfig(**d[key])
         if d.get("grid") is not None:
             d["grid"] = tuple(d["grid"])
+        if d.get("autoencoder") is not None:  # JSON turns tuples into lists
+            d["autoencoder"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["autoencoder"].items()}
         return cls(**d)
 
     def replace(self, **changes) -> "ModelConfig":

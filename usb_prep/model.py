@@ -7,6 +7,8 @@ Values the networks see ("model space"):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -15,10 +17,33 @@ from .nets import UNet3D
 from .schedule import NoiseSchedule
 
 
+@functools.lru_cache(maxsize=8)
+def _bf16_supported(device: str) -> bool:
+    return bf16_supported(device)
+
+
+def bf16_supported(device: torch.device | str = "cpu") -> bool:
+    """bfloat16 autocast pays off: CUDA with bf16, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16/AMX)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class USBModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """``precision``: "fp32", "bf16" (autocast around the denoisers), or "auto" (bf16 for pixel models
+    where the device supports it, fp32 otherwise).
+
+    On CPUs with bf16 kernels this is 2-8x faster (measured; benchmarks/README.md).
+    """
+
+    def __init__(self, cfg: ModelConfig, precision: str = "auto"):
         super().__init__()
         self.cfg = cfg
+        self.precision = precision
         self.lesion_net = UNet3D(cfg.lesion_net)  # eps_x(x_t, y_t, t)
         self.brain_net = UNet3D(cfg.brain_net)  # eps_y(y_t, [x0_hat, context...], t)
         self.schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
@@ -95,8 +120,16 @@ class USBModel(nn.Module):
             parts.append(z if mirror is None else mirror.to(lesion.dtype))
         return torch.cat(parts, dim=1)
 
+    def _autocast(self, x: torch.Tensor):
+        # "auto" keeps the authors' latent models in fp32 (their numbers were made so)
+        auto = self.precision == "auto" and self.cfg.mode == "pixel" and _bf16_supported(str(x.device))
+        use = self.precision == "bf16" or auto
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use)
+
     def eps_lesion(self, x_t, y_t, t):
-        return self.lesion_net(x_t, y_t, t)
+        with self._autocast(x_t):
+            return self.lesion_net(x_t, y_t, t).float()
 
     def eps_brain(self, y_t, cond, t):
-        return self.brain_net(y_t, cond, t)
+        with self._autocast(y_t):
+            return self.brain_net(y_t, cond, t).float()

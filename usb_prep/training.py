@@ -61,6 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     device: str = "auto"
+    workers: int = 1  # background sampling processes (0: sample in the main process)
 
     def to_dict(self):
         return asdict(self)
@@ -225,6 +226,30 @@ def _flip_permute(rng, arrs: dict) -> dict:
     return out
 
 
+class _SampleStream(torch.utils.data.IterableDataset):
+    """Endless batches from a sampler, drawn in a worker process so the CPU overlaps data and model work."""
+
+    def __init__(self, sampler, batch_size: int, seed: int):
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            samples = [self.sampler.sample(rng) for _ in range(self.batch_size)]
+            yield {k: torch.from_numpy(np.stack([s[k] for s in samples]))[:, None] for k in samples[0]}
+
+
+def batches(sampler, batch_size: int, seed: int, workers: int):
+    """Iterator of batches; ``workers`` > 0 samples in background processes."""
+    stream = _SampleStream(sampler, batch_size, seed)
+    if workers <= 0:
+        return iter(stream)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2,
+                                         persistent_workers=True)
+    return iter(loader)
+
+
 # --- loss ------------------------------------------------------------------------
 class PairedLoss(nn.Module):
     """``forward(batch, generator) -> (loss, parts)``; one module so DDP can wrap it."""
@@ -311,7 +336,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
     runner = loss_mod
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(loss_mod)
-    rng = np.random.default_rng([cfg.seed, rank, start])
+    data = batches(sampler, cfg.batch_size, seed=cfg.seed * 7919 + rank * 104729 + start, workers=cfg.workers)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank * 7919 + start)
     T = mcfg.num_train_timesteps
     t0 = time.time()
@@ -324,8 +349,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
     it = start
     stop = False
     while it < cfg.iterations and not stop:
-        samples = [sampler.sample(rng) for _ in range(cfg.batch_size)]
-        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))[:, None].to(device) for k in samples[0]}
+        batch = {k: v.to(device) for k, v in next(data).items()}
         half = (cfg.batch_size + 1) // 2  # antithetic timesteps (t, T-1-t)
         th = torch.randint(0, T, (half,), generator=gen)
         t = torch.cat([th, T - 1 - th])[: cfg.batch_size].to(device)

@@ -146,6 +146,10 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.eval().to(device)
+    if cfg.mode == "latent":
+        from .authors import warn_if_slow
+
+        warn_if_slow(cfg, device)
     info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
     log.debug("loaded %s", info)
     return model, info

@@ -260,26 +260,35 @@ def _rough_brain(data: np.ndarray, spacing: float) -> np.ndarray:
     """Morphological brain guess used only to initialise registration.
 
     In T1w the brain is bright tissue separated from the bright scalp by dark
-    skull and CSF: threshold, erode about 5 mm to cut the thin bridges, keep
-    the largest component (the brain), dilate back.
+    skull and CSF: threshold, erode to cut the thin bridges, keep the largest
+    component, dilate back. Scalp brightness and bias fields vary too much for
+    one threshold, so thresholds from 20 % to 80 % of the 99th percentile are
+    scanned and the largest component whose eroded volume is plausible for a
+    brain alone (500-1400 ml) wins; a stronger erosion is tried if none is.
     """
     fg = data[data > 0]
-    wm = np.percentile(fg, 99)
-    iters = max(1, int(round(5.0 / spacing)))
-    best = None
-    for frac in (0.35, 0.45, 0.55):  # raise the threshold until brain and scalp separate
-        m = ndimage.binary_erosion(data > frac * wm, iterations=iters)
-        labels, n = ndimage.label(m)
-        if n == 0:
-            continue
-        sizes = ndimage.sum_labels(m, labels, index=np.arange(1, n + 1))
-        comp = labels == (int(np.argmax(sizes)) + 1)
-        vol_ml = comp.sum() * spacing**3 / 1000.0
-        best = comp
-        if vol_ml < 1400:  # plausible eroded brain: not merged with the scalp
+    top = np.percentile(fg, 99)
+    best, best_err = None, np.inf
+    for erode_mm in (5.0, 7.0):
+        iters = max(1, int(round(erode_mm / spacing)))
+        chosen, chosen_vol = None, 0.0
+        for frac in np.arange(0.2, 0.81, 0.05):
+            m = ndimage.binary_erosion(data > frac * top, iterations=iters)
+            labels, n = ndimage.label(m)
+            if n == 0:
+                continue
+            sizes = ndimage.sum_labels(m, labels, index=np.arange(1, n + 1))
+            k = int(np.argmax(sizes))
+            vol_ml = sizes[k] * spacing**3 / 1000.0
+            if 500 <= vol_ml <= 1400 and vol_ml > chosen_vol:
+                chosen, chosen_vol = labels == (k + 1), vol_ml
+            elif abs(vol_ml - 1000) < best_err:  # fallback: closest to a typical brain
+                best, best_err = (labels == (k + 1), iters), abs(vol_ml - 1000)
+        if chosen is not None:
+            best = (chosen, iters)
             break
-    m = ndimage.binary_dilation(best, iterations=iters + 1)
-    return clean_mask(m)
+    comp, iters = best
+    return clean_mask(ndimage.binary_dilation(comp, iterations=iters + 1))
 
 
 def _refine_edge(data: np.ndarray, mask: np.ndarray, spacing: float, shell_mm: float = 6.0):
@@ -417,7 +426,10 @@ def prepare_brain(
     data = np.clip(data, 0, None)  # negative values are interpolation artefacts
     img = nib.Nifti1Image(data, img.affine)
     if skull_stripped:
-        brain = clean_mask(data > 0)
+        # Stripped inputs often keep a faint halo (e.g. FreeSurfer norm.mgz: values
+        # 1-5 around the brain): threshold at 5 % of the robust maximum, not at 0.
+        thr = 0.05 * float(np.percentile(data[data > 0], 99)) if np.any(data > 0) else 0.0
+        brain = clean_mask(ndimage.binary_opening(data > thr, iterations=1))
     else:
         brain = np.asarray(skull_strip(img).dataobj) > 0
 

@@ -1,0 +1,227 @@
+"""The image API (usb_prep.api) with tiny random weights and real NIfTI files."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from usb_prep import api
+from usb_prep.io import InputError, save_image
+
+torch.set_num_threads(1)
+
+STEPS = 2
+
+
+def _raw(path_or_img):
+    img = nib.load(str(path_or_img)) if not isinstance(path_or_img, nib.spatialimages.SpatialImage) else path_or_img
+    dobj = img.dataobj
+    return np.asanyarray(dobj.get_unscaled()) if hasattr(dobj, "get_unscaled") else np.asanyarray(dobj)
+
+
+def _roundtrip(res_img, tmp_path, name="out.nii.gz"):
+    p = save_image(res_img, tmp_path / name)
+    return nib.load(str(p))
+
+
+def _fill(case_paths, tiny_weights, **kw):
+    kw.setdefault("steps", STEPS)
+    return api.fill_lesion(str(case_paths[0]), None if case_paths[1] is None else str(case_paths[1]),
+                           weights=tiny_weights, device="cpu", num_threads=1, **kw)
+
+
+def test_fill_keeps_outside_and_header(lesion_case, tiny_weights, tmp_path):
+    res = _fill((lesion_case["t1w"], lesion_case["mask"]), tiny_weights, seed=0)
+    inp = nib.load(str(lesion_case["t1w"]))
+    out = _roundtrip(res.image, tmp_path)
+    m = lesion_case["lesion"].astype(bool)
+    assert out.shape == inp.shape
+    assert out.get_data_dtype() == inp.get_data_dtype()
+    assert np.array_equal(out.affine, inp.affine)
+    assert out.header.get_zooms() == inp.header.get_zooms()
+    assert out.header.get_xyzt_units() == inp.header.get_xyzt_units()
+    raw_in, raw_out = _raw(inp), _raw(out)
+    assert np.array_equal(raw_out[~m], raw_in[~m]), "voxels outside the mask must be bit-identical"
+    assert not np.array_equal(raw_out[m], raw_in[m]), "the lesion was not filled"
+    assert np.isfinite(raw_out).all()
+    # the mask image comes back on the input grid, 1 = lesion
+    assert np.array_equal(np.asarray(res.mask.dataobj).astype(bool), m)
+    assert res.settings["weights"]["sha256"]
+    assert res.settings["seed"] == 0 and res.settings["steps"] == STEPS
+    assert res.settings["mask_voxels"] == int(m.sum())
+
+
+def test_fill_same_seed_same_output_other_seed_differs(lesion_case, tiny_weights):
+    paths = (lesion_case["t1w"], lesion_case["mask"])
+    a = np.asarray(_fill(paths, tiny_weights, seed=3).image.dataobj)
+    b = np.asarray(_fill(paths, tiny_weights, seed=3).image.dataobj)
+    c = np.asarray(_fill(paths, tiny_weights, seed=4).image.dataobj)
+    assert np.array_equal(a, b)
+    m = lesion_case["lesion"].astype(bool)
+    assert not np.array_equal(a[m], c[m])
+
+
+def test_fill_int16_with_scaling_keeps_raw_values(tiny_weights, tmp_path):
+    from conftest import phantom
+
+    img, lesion, _, aff = phantom()
+    raw = np.round(img).astype(np.int16)
+    im = nib.Nifti1Image(raw, aff)
+    im.header.set_slope_inter(2.0, 10.0)
+    im.header.set_xyzt_units("mm", "sec")
+    p = tmp_path / "int16.nii.gz"
+    im.to_filename(str(p))
+    loaded = nib.load(str(p))
+    assert loaded.dataobj.slope == 2.0 and loaded.dataobj.inter == 10.0  # the fixture is what we think
+    mp = tmp_path / "m.nii.gz"
+    nib.Nifti1Image(lesion, aff).to_filename(str(mp))
+    res = api.fill_lesion(str(p), str(mp), weights=tiny_weights, steps=STEPS, device="cpu", num_threads=1)
+    out = _roundtrip(res.image, tmp_path)
+    assert out.get_data_dtype() == np.int16
+    assert out.dataobj.slope == 2.0 and out.dataobj.inter == 10.0
+    m = lesion.astype(bool)
+    ro, ri = _raw(out), _raw(loaded)
+    assert np.array_equal(ro[~m], ri[~m])
+    assert not np.array_equal(ro[m], ri[m])
+    # the stored scaling still applies to every voxel (scaled = raw * 2 + 10)
+    assert np.array_equal(np.asanyarray(out.dataobj), ro.astype(np.float64) * 2 + 10)
+
+
+def test_empty_mask_copies_input_with_message(lesion_case, make_nifti, tiny_weights, tmp_path):
+    empty = make_nifti(np.zeros(lesion_case["lesion"].shape, np.uint8), "empty.nii.gz", affine=lesion_case["affine"])
+    res = _fill((lesion_case["t1w"], empty), tiny_weights)
+    out = _roundtrip(res.image, tmp_path)
+    assert np.array_equal(_raw(out), _raw(lesion_case["t1w"]))
+    assert any("empty" in msg for msg in res.messages), res.messages
+
+
+def test_mask_polarity_only_ones_change(lesion_case, make_nifti, tiny_weights, tmp_path):
+    """An inverted mask (0 at the lesion, 1 elsewhere) fills the 1s and keeps the 0s: polarity is 1 = fill."""
+    les = lesion_case["lesion"].astype(bool)
+    inverted = make_nifti((~les).astype(np.uint8), "inv.nii.gz", affine=lesion_case["affine"])
+    res = _fill((lesion_case["t1w"], inverted), tiny_weights)
+    raw_in, raw_out = _raw(lesion_case["t1w"]), _raw(_roundtrip(res.image, tmp_path))
+    assert np.array_equal(raw_out[les], raw_in[les]), "voxels with mask 0 must not change"
+    assert (raw_out[~les] != raw_in[~les]).any()
+
+
+def test_non_binary_mask_thresholded(lesion_case, make_nifti, tiny_weights, tmp_path):
+    les = lesion_case["lesion"].astype(bool)
+    soft = np.zeros(les.shape, np.float32)
+    soft[les] = 0.7
+    halo = ndimage.binary_dilation(les) & ~les
+    soft[halo] = 0.3
+    mp = make_nifti(soft, "soft.nii.gz", affine=lesion_case["affine"])
+    res = _fill((lesion_case["t1w"], mp), tiny_weights)
+    assert any("thresholded at 0.5" in msg for msg in res.messages), res.messages
+    raw_in, raw_out = _raw(lesion_case["t1w"]), _raw(_roundtrip(res.image, tmp_path))
+    assert np.array_equal(raw_out[~les], raw_in[~les]), "voxels at 0.3 are below the threshold"
+    assert np.array_equal(np.asarray(res.mask.dataobj).astype(bool), les)
+
+
+def test_mask_on_other_grid_needs_resample_mask(lesion_case, tiny_weights, tmp_path):
+    les = lesion_case["lesion"]
+    aff = lesion_case["affine"].copy()
+    # the same lesion on a 2 mm grid
+    les2 = les[::2, ::2, ::2]
+    aff2 = aff.copy()
+    aff2[:3, :3] *= 2
+    mp = tmp_path / "mask_2mm.nii.gz"
+    nib.Nifti1Image(les2.astype(np.uint8), aff2).to_filename(str(mp))
+    with pytest.raises(InputError, match="--resample-mask"):
+        _fill((lesion_case["t1w"], mp), tiny_weights)
+    res = _fill((lesion_case["t1w"], mp), tiny_weights, resample_mask=True)
+    assert any("resampled" in msg for msg in res.messages), res.messages
+    m = np.asarray(res.mask.dataobj).astype(bool)
+    assert m.shape == les.shape and m.any()
+    raw_in, raw_out = _raw(lesion_case["t1w"]), np.asarray(res.image.dataobj)
+    assert np.array_equal(raw_out[~m], raw_in[~m])
+
+
+def test_mask_free_healing(lesion_case, tiny_weights):
+    res = _fill((lesion_case["t1w"], None), tiny_weights)
+    assert isinstance(res.image, nib.spatialimages.SpatialImage)
+    assert res.image.shape == nib.load(str(lesion_case["t1w"])).shape
+    assert res.messages and "no mask given" in res.messages[0]
+    assert res.settings["mask_given"] is False
+    found = np.asarray(res.mask.dataobj).astype(bool)
+    raw_in, raw_out = _raw(lesion_case["t1w"]), np.asarray(res.image.dataobj)
+    assert np.array_equal(raw_out[~found], raw_in[~found])
+
+
+def test_classical_method_needs_mask(lesion_case, tiny_weights):
+    with pytest.raises(ValueError, match="needs a mask"):
+        _fill((lesion_case["t1w"], None), tiny_weights, method="wmstats")
+    with pytest.raises(ValueError):
+        _fill((lesion_case["t1w"], lesion_case["mask"]), tiny_weights, method="nope")
+
+
+def test_embed_lesion_changes_only_dilated_mask(lesion_case, tiny_weights, tmp_path):
+    from conftest import phantom
+
+    healthy, les, _, aff = phantom(lesion_radius=0.0)  # radius 0: only the centre voxel -> nearly healthy
+    hp = tmp_path / "healthy.nii.gz"
+    nib.Nifti1Image(healthy, aff).to_filename(str(hp))
+    res = api.embed_lesion(str(hp), str(lesion_case["mask"]), weights=tiny_weights, steps=STEPS, seed=0, device="cpu",
+                           num_threads=1)
+    m = lesion_case["lesion"].astype(bool)
+    region = ndimage.binary_dilation(m, iterations=2)
+    raw_in, raw_out = _raw(hp), np.asarray(res.image.dataobj)
+    assert np.array_equal(raw_out[~region], raw_in[~region])
+    assert not np.array_equal(raw_out[m], raw_in[m])
+    assert res.image.shape == raw_in.shape and np.array_equal(res.image.affine, aff)
+    assert res.settings["task"] == "embed" and res.settings["weights"]["sha256"]
+
+
+def test_generate_pair_on_model_grid(tiny_weights):
+    brain, lesion = api.generate_pair(weights=tiny_weights, steps=STEPS, seed=0, device="cpu", num_threads=1)
+    assert brain.shape == (16, 16, 16) and lesion.shape == (16, 16, 16)
+    assert lesion.get_data_dtype() == np.uint8
+    lv = np.asarray(lesion.dataobj)
+    assert set(np.unique(lv)) <= {0, 1}
+    bv = np.asarray(brain.dataobj)
+    assert np.isfinite(bv).all() and bv.min() >= 0
+    assert np.allclose(np.diag(brain.affine)[:3], 1.5)
+    assert np.array_equal(brain.affine, lesion.affine)
+    b2, _ = api.generate_pair(weights=tiny_weights, steps=STEPS, seed=0, device="cpu", num_threads=1)
+    assert np.array_equal(np.asarray(b2.dataobj), bv)
+
+
+def test_generate_from_mask(tiny_weights, tmp_path):
+    m = np.zeros((20, 20, 20), np.uint8)
+    m[8:12, 8:12, 8:12] = 1
+    p = tmp_path / "m.nii.gz"
+    nib.Nifti1Image(m, np.diag([1.2, 1.2, 1.2, 1]) @ np.array(
+        [[1, 0, 0, -9.5], [0, 1, 0, -9.5], [0, 0, 1, -9.5], [0, 0, 0, 1]], float)).to_filename(str(p))
+    brain = api.generate_from_mask(str(p), weights=tiny_weights, steps=STEPS, seed=0, device="cpu", num_threads=1)
+    assert brain.shape == (16, 16, 16)
+    assert np.isfinite(np.asarray(brain.dataobj)).all()
+
+
+def test_generate_needs_a_generation_model(tiny_weights, tmp_path):
+    from usb_prep.weights import load_model
+
+    model, _ = load_model(tiny_weights, "fill")
+    with pytest.raises(ValueError, match="grid"):
+        api.generate_pair_array(model=model, steps=1)
+
+
+def test_fill_array_keeps_outside_exactly():
+    from conftest import phantom
+
+    from usb_prep.config import preset
+    from usb_prep.model import USBModel
+
+    torch.manual_seed(0)
+    model = USBModel(preset("tiny")).eval()
+    img, les, _, aff = phantom()
+    v = img / img.max()
+    out = api.fill_array(v, les.astype(bool), model=model, steps=STEPS, device="cpu", affine=aff)
+    m = les.astype(bool)
+    assert out.dtype == np.float32 and out.shape == v.shape
+    assert np.array_equal(out[~m], v[~m].astype(np.float32))
+    assert np.isfinite(out).all()
+    assert not np.array_equal(out[m], v[m])

@@ -1,0 +1,198 @@
+"""Command-line tools: usb-fill, usb-embed, usb-generate (click CliRunner and a real subprocess)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from usb_prep.cli.fill import embed, generate, main
+
+COMMON = ["--steps", "2", "--device", "cpu", "--threads", "1", "--quiet"]
+
+
+def _raw(p):
+    return np.asanyarray(nib.load(str(p)).dataobj.get_unscaled())
+
+
+def test_help():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    assert "--resample-mask" in r.output and "--demo" in r.output
+    for cmd in (embed, generate):
+        assert CliRunner().invoke(cmd, ["--help"]).exit_code == 0
+
+
+def test_import_does_not_load_torch():
+    code = "import sys; import usb_prep.cli.fill; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_help_subprocess_entry_point():
+    r = subprocess.run([sys.executable, "-m", "usb_prep.cli.fill", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Fill a lesion" in r.stdout
+
+
+def test_usb_fill_writes_output_and_sidecar(lesion_case, tiny_weights, tmp_path):
+    out = tmp_path / "filled.nii.gz"
+    args = [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out), "--weights", tiny_weights,
+            "--seed", "7", *COMMON]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert out.is_file()
+    side = json.loads((tmp_path / "filled.json").read_text())
+    with open(os.path.join(tiny_weights, "usb.json")) as f:
+        man = json.load(f)
+    assert side["weights"]["sha256"] == man["models"]["fill"]["sha256"]
+    assert side["seed"] == 7 and side["steps"] == 2
+    assert side["input"] == str(lesion_case["t1w"]) and side["mask"] == str(lesion_case["mask"])
+    m = lesion_case["lesion"].astype(bool)
+    assert np.array_equal(_raw(out)[~m], _raw(lesion_case["t1w"])[~m])
+
+    # exists, no --overwrite: exit code 2, file untouched
+    before = out.read_bytes()
+    mtime = out.stat().st_mtime_ns
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2
+    assert "--overwrite" in r.output
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
+
+    # with --overwrite and another seed: replaced
+    r = CliRunner().invoke(main, [*args[:-len(COMMON) - 2], "--seed", "8", *COMMON, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() != before
+    assert json.loads((tmp_path / "filled.json").read_text())["seed"] == 8
+
+
+def test_usb_fill_requires_output(lesion_case):
+    r = CliRunner().invoke(main, [str(lesion_case["t1w"]), str(lesion_case["mask"])])
+    assert r.exit_code == 2
+    assert "--output" in r.output
+
+
+def test_usb_fill_missing_weights_exit_code(lesion_case, tmp_path, monkeypatch):
+    monkeypatch.delenv("USB_PREP_WEIGHTS", raising=False)
+    out = tmp_path / "o.nii.gz"
+    r = CliRunner().invoke(main, [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out),
+                                  "--weights", str(tmp_path / "nowhere"), *COMMON])
+    assert r.exit_code == 2
+    assert "USB_PREP_WEIGHTS" in r.output
+    assert not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("usb_prep.classical") is None, reason="usb_prep.classical not present")
+def test_usb_fill_wmstats(lesion_case, tmp_path):
+    out = tmp_path / "wm.nii.gz"
+    r = CliRunner().invoke(main, [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out),
+                                  "--method", "wmstats", "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    m = lesion_case["lesion"].astype(bool)
+    raw_in, raw_out = _raw(lesion_case["t1w"]), _raw(out)
+    assert np.array_equal(raw_out[~m], raw_in[~m])
+    assert not np.array_equal(raw_out[m], raw_in[m])
+    side = json.loads((tmp_path / "wm.json").read_text())
+    assert side["method"] == "wmstats"
+
+
+def test_usb_embed(lesion_case, tiny_weights, tmp_path):
+    out = tmp_path / "embedded.nii.gz"
+    r = CliRunner().invoke(embed, [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out),
+                                   "--weights", tiny_weights, *COMMON])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and (tmp_path / "embedded.json").is_file()
+    assert nib.load(str(out)).shape == nib.load(str(lesion_case["t1w"])).shape
+
+
+def test_usb_generate_pair_and_from_mask(tiny_weights, tmp_path, make_nifti):
+    od = tmp_path / "gen"
+    r = CliRunner().invoke(generate, ["-o", str(od), "--weights", tiny_weights, *COMMON])
+    assert r.exit_code == 0, r.output
+    brain, lesion = nib.load(str(od / "brain.nii.gz")), nib.load(str(od / "lesion.nii.gz"))
+    assert brain.shape == lesion.shape == (16, 16, 16)
+    assert json.loads((od / "brain.json").read_text())["seed"] == 0
+    # again without --overwrite: refused
+    r = CliRunner().invoke(generate, ["-o", str(od), "--weights", tiny_weights, *COMMON])
+    assert r.exit_code == 2
+    # from a given mask
+    m = np.zeros((16, 16, 16), np.uint8)
+    m[6:10, 6:10, 6:10] = 1
+    mp = make_nifti(m, "gmask.nii.gz", zooms=(1.5, 1.5, 1.5))
+    od2 = tmp_path / "gen2"
+    r = CliRunner().invoke(generate, ["-o", str(od2), "--mask", str(mp), "--weights", tiny_weights, *COMMON])
+    assert r.exit_code == 0, r.output
+    assert nib.load(str(od2 / "brain.nii.gz")).shape == (16, 16, 16)
+    assert not (od2 / "lesion.nii.gz").exists()
+
+
+def test_usb_fill_subprocess(lesion_case, tiny_weights, tmp_path):
+    """The installed console script (or its module) end to end in a fresh interpreter."""
+    out = tmp_path / "sub.nii.gz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "usb_prep.cli.fill", str(lesion_case["t1w"]), str(lesion_case["mask"]),
+                        "-o", str(out), "--weights", tiny_weights, *COMMON],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and (tmp_path / "sub.json").is_file()
+    assert f"wrote {out}" in r.stdout
+
+
+def test_usb_fill_demo(tiny_weights, tmp_path):
+    """``usb-fill --demo OUT``: MNI152 case, filled, scored and drawn; a second run needs --overwrite."""
+    pytest.importorskip("nilearn")
+    od = tmp_path / "demo"
+    args = ["--demo", str(od), "--weights", tiny_weights, *COMMON]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    names = ["demo_T1w_healthy.nii.gz", "demo_T1w_lesion.nii.gz", "demo_lesion_mask.nii.gz", "demo_T1w_filled.nii.gz",
+             "demo_T1w_filled.json", "demo_slices.png"]
+    for n in names:
+        assert (od / n).is_file(), n
+        assert f"wrote {od / n}" in r.output
+    assert "PSNR" in r.output and "MAE" in r.output
+    assert (od / "demo_slices.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mask = np.asarray(nib.load(str(od / "demo_lesion_mask.nii.gz")).dataobj).astype(bool)
+    healthy = nib.load(str(od / "demo_T1w_healthy.nii.gz"))
+    lesioned = np.asarray(nib.load(str(od / "demo_T1w_lesion.nii.gz")).dataobj)
+    filled = np.asarray(nib.load(str(od / "demo_T1w_filled.nii.gz")).dataobj)
+    assert healthy.shape == (197, 233, 189) and mask.shape == healthy.shape
+    ml = mask.sum() * abs(np.linalg.det(healthy.affine[:3, :3])) / 1000
+    assert 10 < ml < 25, ml
+    # the lesion lies in the right hemisphere (MNI x > 0)
+    cx = (healthy.affine @ np.r_[np.argwhere(mask).mean(0), 1])[0]
+    assert cx > 10
+    h = np.asarray(healthy.dataobj)
+    assert np.array_equal(lesioned[~mask], h[~mask]), "the painted lesion stays inside the mask"
+    assert lesioned[mask].mean() < 0.8 * h[mask].mean(), "a T1w lesion is hypointense"
+    assert np.array_equal(filled[~mask], lesioned[~mask])
+    side = json.loads((od / "demo_T1w_filled.json").read_text())
+    assert side["demo"] is True and side["weights"]["sha256"] and "in_mask_psnr_db" in side
+
+    before = (od / "demo_T1w_filled.nii.gz").read_bytes()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (od / "demo_T1w_filled.nii.gz").read_bytes() == before
+    r = CliRunner().invoke(main, [*args, "--overwrite", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_run_demo_returns_numbers(tiny_weights, tmp_path):
+    pytest.importorskip("nilearn")
+    from usb_prep.demo import run_demo
+
+    lines = []
+    res = run_demo(tmp_path / "d", weights=tiny_weights, steps=1, device="cpu", num_threads=1, progress=False,
+                   echo=lines.append, overwrite=False, seed=0)
+    for key in ("psnr", "mae", "psnr_lesioned", "mae_lesioned", "lesion_ml", "seconds"):
+        assert np.isfinite(res[key]), key
+    assert 0 <= res["mae"] <= 1
+    assert any("PSNR" in ln for ln in lines)

@@ -1,0 +1,139 @@
+"""The four USB tasks and known-mask filling in model space, with a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from usb_prep import sampling
+from usb_prep.config import preset
+from usb_prep.guidance import soft_lesion_map
+from usb_prep.model import USBModel
+
+torch.set_num_threads(1)
+
+SHAPE = (16, 16, 16)
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return USBModel(preset("tiny")).eval()
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def case():
+    g = torch.Generator().manual_seed(5)
+    img01 = torch.rand(1, 1, *SHAPE, generator=g) * 0.2 + 0.6
+    mask = torch.zeros(1, 1, *SHAPE)
+    mask[..., 6:10, 6:10, 6:10] = 1
+    return img01, mask
+
+
+def _finite(t, shape):
+    assert tuple(t.shape) == tuple(shape)
+    assert torch.isfinite(t).all()
+
+
+def test_generate_pair(model):
+    x, y = sampling.generate_pair(model, SHAPE, steps=STEPS, generator=gen(0))
+    _finite(x, (1, 1, *SHAPE))
+    _finite(y, (1, 1, *SHAPE))
+    x2, y2 = sampling.generate_pair(model, SHAPE, steps=STEPS, generator=gen(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    x3, y3 = sampling.generate_pair(model, SHAPE, steps=STEPS, generator=gen(1))
+    assert not torch.equal(y, y3) and not torch.equal(x, x3)
+
+
+def test_generate_pair_progressive_yields_every_step(model):
+    steps = list(sampling.generate_pair_progressive(model, SHAPE, steps=4, generator=gen(0)))
+    assert [s.index for s in steps] == [0, 1, 2, 3]
+    assert all(s.total == 4 for s in steps)
+    assert steps[0].t == 1023 and steps[-1].t == 0
+
+
+def test_generate_from_mask(model, case):
+    _, mask = case
+    code = model.encode_mask(mask)
+    y = sampling.generate_from_mask(model, code, steps=STEPS, generator=gen(0))
+    _finite(y, (1, 1, *SHAPE))
+    assert torch.equal(y, sampling.generate_from_mask(model, code, steps=STEPS, generator=gen(0)))
+    assert not torch.equal(y, sampling.generate_from_mask(model, code, steps=STEPS, generator=gen(2)))
+
+
+def test_edit_pathology_to_healthy_acg(model, case):
+    img01, _ = case
+    y0 = model.encode_image(img01)
+    kw = dict(steps=STEPS, t_start=300, acg=True, gamma0=20.0, k=0.5)
+    y = sampling.edit(model, y0, model.empty_mask(y0), generator=gen(0), **kw)
+    _finite(y, y0.shape)
+    assert torch.equal(y, sampling.edit(model, y0, model.empty_mask(y0), generator=gen(0), **kw))
+    assert not torch.equal(y, sampling.edit(model, y0, model.empty_mask(y0), generator=gen(1), **kw))
+
+
+def test_acg_pulls_towards_the_original(model, case):
+    """With a huge gamma everywhere ACG keeps the image; without ACG a random model drifts away."""
+    img01, _ = case
+    y0 = model.encode_image(img01)
+    kw = dict(steps=STEPS, t_start=300, generator=None, target="clean")
+    strong = sampling.edit(model, y0, model.empty_mask(y0), acg=True, gamma0=1e-6, k=0.0, **{**kw, "generator": gen(0)})
+    free = sampling.edit(model, y0, model.empty_mask(y0), acg=False, **{**kw, "generator": gen(0)})
+    # gamma ~ 0 -> w ~ 1 everywhere -> result is the original
+    assert torch.allclose(strong, y0, atol=1e-4)
+    assert (free - y0).abs().mean() > 1e-2
+
+
+def test_edit_healthy_to_pathology_lcg(model, case):
+    img01, mask = case
+    y0 = model.encode_image(img01)
+    region = sampling.dilate(mask, 2)
+    y = sampling.edit(model, y0, model.encode_mask(mask), steps=STEPS, t_start=500, generator=gen(0),
+                      lcg_map=soft_lesion_map(mask), lam=1.0, known=1 - region)
+    _finite(y, y0.shape)
+    # outside the dilated region the known image comes back exactly
+    assert torch.equal(y[region == 0], y0[region == 0])
+    assert not torch.equal(y[mask == 1], y0[mask == 1])
+
+
+def test_fill_keeps_known_voxels(model, case):
+    img01, mask = case
+    y0 = model.encode_image(img01)
+    mirror = torch.flip(img01, dims=[2])
+    y = sampling.fill(model, y0, mask, steps=STEPS, generator=gen(0), margin=2, mirror=mirror)
+    _finite(y, y0.shape)
+    known = (1 - sampling.dilate(mask, 2)).bool()
+    assert torch.equal(y[known], y0[known])
+    assert not torch.equal(y[mask.bool()], y0[mask.bool()])
+    y_same = sampling.fill(model, y0, mask, steps=STEPS, generator=gen(0), margin=2, mirror=mirror)
+    assert torch.equal(y, y_same)
+    y_other = sampling.fill(model, y0, mask, steps=STEPS, generator=gen(3), margin=2, mirror=mirror)
+    assert not torch.equal(y[mask.bool()], y_other[mask.bool()])
+
+
+@pytest.mark.parametrize("acg_region", ["ring", "all", "none"])
+def test_fill_acg_regions(model, case, acg_region):
+    img01, mask = case
+    y0 = model.encode_image(img01)
+    y = sampling.fill(model, y0, mask, steps=2, generator=gen(0), acg_region=acg_region, target="clean")
+    _finite(y, y0.shape)
+
+
+def test_edit_rejects_unknown_target(model, case):
+    img01, _ = case
+    y0 = model.encode_image(img01)
+    with pytest.raises(ValueError):
+        sampling.edit(model, y0, model.empty_mask(y0), steps=2, t_start=100, target="bogus")
+
+
+def test_detect_lesion(model, case):
+    img01, _ = case
+    y0 = model.encode_image(img01)
+    x = sampling.detect_lesion(model, y0, steps=STEPS, t_start=1023, generator=gen(0))
+    _finite(x, (1, 1, *SHAPE))
+    soft = model.decode_mask(x)
+    assert soft.min() >= 0 and soft.max() <= 1

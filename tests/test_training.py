@@ -1,0 +1,133 @@
+"""Training loop (usb_prep.training) on a tiny synthetic cohort: runs, saves, resumes; DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from usb_prep.data.splits import is_heldout_mask, list_masks
+from usb_prep.training import TrainConfig, train
+from usb_prep.weights import load_model
+
+torch.set_num_threads(1)
+
+N = 32
+
+
+def _affine():
+    aff = np.eye(4)
+    aff[:3, 3] = -(N - 1) / 2
+    return aff
+
+
+def _ball(centre, radius):
+    ijk = np.indices((N, N, N)).transpose(1, 2, 3, 0)
+    return np.sqrt(((ijk - np.asarray(centre)) ** 2).sum(-1)) <= radius
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    brains, masks = root / "brains", root / "masks"
+    (masks / "soop").mkdir(parents=True)
+    brains.mkdir()
+    aff = _affine()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["alpha", "beta"]):
+        brain = _ball((15.5, 15.5, 15.5), 13 - i)
+        img = np.where(brain, 0.8 + 0.05 * rng.standard_normal((N, N, N)), 0).astype(np.float32)
+        img[_ball((15.5, 15.5, 15.5), 4)] = 0.3  # a "ventricle"
+        nib.Nifti1Image(img, aff).to_filename(str(brains / f"{name}_T1w.nii.gz"))
+        nib.Nifti1Image(brain.astype(np.uint8), aff).to_filename(str(brains / f"{name}_brainmask.nii.gz"))
+    names = [f"sub-{i:02d}_lesion.nii.gz" for i in range(8)]
+    centres = [(10, 12, 14), (20, 18, 15), (12, 20, 18), (18, 10, 12), (14, 14, 20), (22, 16, 10), (9, 16, 16),
+               (16, 22, 14)]
+    for name, c in zip(names, centres):
+        nib.Nifti1Image(_ball(c, 3.5).astype(np.uint8), aff).to_filename(str(masks / "soop" / name))
+    train_masks = list_masks(masks, split="train")
+    assert len(train_masks) >= 3, "the fixture needs training masks after the 20 % hold-out"
+    assert len(train_masks) == sum(not is_heldout_mask(n) for n in names)
+    return brains, masks
+
+
+def _cfg(cohort, out, iterations, **kw):
+    brains, masks = cohort
+    return TrainConfig(preset="tiny", brains=str(brains), masks=str(masks), out=str(out), iterations=iterations,
+                       batch_size=2, patch=16, threads=1, log_every=1, device="cpu", min_ml=0.05, **kw)
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_train_writes_checkpoint_log_weights_and_resumes(cohort, tmp_path):
+    out = tmp_path / "run"
+    w = train(_cfg(cohort, out, 3), progress=False)
+    assert (out / "ckpt.pt").is_file()
+    assert w == out / "weights" and (w / "usb.json").is_file()
+    recs = _log(out)
+    assert [r["iteration"] for r in recs] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+    assert {"lesion", "brain"} <= set(recs[0])
+    model, info = load_model(w, "fill")
+    assert model.cfg.name == "tiny"
+    assert model.cfg.training["iterations"] == 3
+    ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert ck["iteration"] == 3
+    sha3 = info["sha256"]
+
+    # resume: continues from iteration 3 to 5
+    train(_cfg(cohort, out, 5), progress=False)
+    assert [r["iteration"] for r in _log(out)] == [1, 2, 3, 4, 5]
+    ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert ck["iteration"] == 5
+    model5, info5 = load_model(w, "fill")
+    assert model5.cfg.training["iterations"] == 5
+    assert info5["sha256"] != sha3
+
+
+def test_train_is_reproducible(cohort, tmp_path):
+    """Same TrainConfig (same seed), same losses and weights, whatever the global torch RNG state."""
+    torch.manual_seed(123)
+    a = train(_cfg(cohort, tmp_path / "a", 2), progress=False)
+    torch.manual_seed(456)
+    b = train(_cfg(cohort, tmp_path / "b", 2), progress=False)
+    la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    ma, _ = load_model(a, "fill")
+    mb, _ = load_model(b, "fill")
+    assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+def test_train_without_brains_fails_clearly(cohort, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = _cfg(cohort, tmp_path / "run", 1)
+    cfg = TrainConfig(**{**cfg.to_dict(), "brains": str(empty)})
+    with pytest.raises(FileNotFoundError, match="_T1w"):
+        train(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_ddp_torchrun_two_processes(cohort, tmp_path):
+    brains, masks = cohort
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "usb_prep.cli.train", "--preset", "tiny", "--brains", str(brains), "--masks", str(masks),
+           "--out", str(out), "--iterations", "2", "--batch-size", "2", "--patch", "16", "--threads", "1",
+           "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "weights" / "usb.json").is_file()
+    model, _ = load_model(out / "weights", "fill")
+    assert model.cfg.training["iterations"] == 2
+    ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert ck["iteration"] == 2
