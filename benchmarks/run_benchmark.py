@@ -147,7 +147,11 @@ def paint(image, brain, mask, rng):
         from usb_prep.data.synthesis import paint_lesion
 
         out = paint_lesion(image, brain, mask, rng, contrast="T1w")
-        return (out[0] if isinstance(out, tuple) else out), "usb_prep.data.synthesis.paint_lesion(contrast='T1w')"
+        out = out[0] if isinstance(out, tuple) else out
+        # confine the lesion to its mask: the mask then covers the whole lesion, as a user's mask should,
+        # and no method is handed a darkened rim outside it
+        return np.where(mask, out, image).astype(np.float32), \
+            "usb_prep.data.synthesis.paint_lesion(contrast='T1w'), confined to the mask"
     except (ImportError, AttributeError):
         from scipy import ndimage
 

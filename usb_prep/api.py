@@ -131,6 +131,7 @@ def fill_array(
     ctx = np.maximum(1, np.round(context / zoom)).astype(int)
     boxes = crops.lesion_boxes(mask, int(ctx.max()), 1, 1)
     mirrored = mirror_lr(out, affine, exclude=mask) if cfg.mirror else None
+    hi = float(out[~mask].max()) if (~mask).any() else 1.0  # fills stay within the image's own range
     gen = _generator(seed)
     bar = _progress(len(boxes) * steps, progress, "filling")
     for box in boxes:
@@ -146,7 +147,7 @@ def fill_array(
         filled = _fill_crop(model, v_m, m_m, steps, t_start, gen, dev, margin, acg_region, target, bar, mi)
         if needs_zoom:
             filled = _zoom_to(filled, v.shape, 1)
-        crops.paste(out, box, filled, mask)
+        crops.paste(out, box, np.clip(filled, 0.0, hi), mask)
     if bar is not None:
         bar.close()
     return out

@@ -318,7 +318,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
     brains = load_brains(cfg.brains, cfg.exclude_brains)
     bank = load_bank(cfg, brains[0]["image"].shape, brains[0]["affine"])
     sampler = (GridSampler if mcfg.grid is not None else PatchSampler)(brains, bank, cfg, mcfg)
-    model = USBModel(mcfg).to(device)
+    with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, global state untouched
+        torch.manual_seed(cfg.seed)
+        model = USBModel(mcfg).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -379,7 +381,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         elapsed = time.time() - t0
         if cfg.minutes is not None and elapsed > cfg.minutes * 60:
             stop = True
-        if rank == 0 and (it % cfg.log_every == 0 or stop):
+        if rank == 0 and (it % cfg.log_every == 0 or stop or it >= cfg.iterations):
             rec = {"iteration": it, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
                    "seconds": round(elapsed, 1)}
             logf.write(json.dumps(rec) + "\n")

@@ -256,34 +256,45 @@ def _head_foreground(data: np.ndarray) -> np.ndarray:
     return clean_mask(ndimage.binary_opening(data > thr, iterations=2))
 
 
-def _rough_brain(data: np.ndarray, spacing: float) -> np.ndarray:
+def _rough_brain(data: np.ndarray, spacing: float, affine: np.ndarray | None = None) -> np.ndarray:
     """Morphological brain guess used only to initialise registration.
 
     In T1w the brain is bright tissue separated from the bright scalp by dark
     skull and CSF: threshold, erode to cut the thin bridges, keep the largest
     component, dilate back. Scalp brightness and bias fields vary too much for
-    one threshold, so thresholds from 20 % to 80 % of the 99th percentile are
-    scanned and the largest component whose eroded volume is plausible for a
-    brain alone (500-1400 ml) wins; a stronger erosion is tried if none is.
+    one threshold, so thresholds from 15 % to 80 % of the 99th percentile are
+    scanned and the largest component that is plausible for a brain alone wins
+    (eroded volume 400-1500 ml, and lying deep below the head surface, i.e. cut
+    free from the scalp, and not below the head's centre, which rules out
+    face and neck when ``affine`` is given); a stronger erosion is tried if
+    none is.
     """
     fg = data[data > 0]
     top = np.percentile(fg, 99)
+    # Depth below the head surface: a brain cut free from the scalp lies deep.
+    head = data > 0.1 * top
+    depth = ndimage.distance_transform_edt(head) * spacing
+    up = np.zeros(3) if affine is None else np.asarray(affine)[2, :3]  # voxel -> superior mm
+    head_up = float(up @ np.argwhere(head).mean(0))
     best, best_err = None, np.inf
-    for erode_mm in (5.0, 7.0):
+    for erode_mm in (5.0, 7.0, 10.0):
         iters = max(1, int(round(erode_mm / spacing)))
         chosen, chosen_vol = None, 0.0
-        for frac in np.arange(0.2, 0.81, 0.05):
+        for frac in np.arange(0.15, 0.81, 0.05):
             m = ndimage.binary_erosion(data > frac * top, iterations=iters)
             labels, n = ndimage.label(m)
             if n == 0:
                 continue
             sizes = ndimage.sum_labels(m, labels, index=np.arange(1, n + 1))
             k = int(np.argmax(sizes))
+            comp = labels == (k + 1)
             vol_ml = sizes[k] * spacing**3 / 1000.0
-            if 500 <= vol_ml <= 1400 and vol_ml > chosen_vol:
-                chosen, chosen_vol = labels == (k + 1), vol_ml
+            deep = np.percentile(depth[comp], 1) >= iters * spacing + 3.0
+            deep &= float(up @ np.argwhere(comp).mean(0)) >= head_up - 10.0
+            if deep and 400 <= vol_ml <= 1500 and vol_ml > chosen_vol:
+                chosen, chosen_vol = comp, vol_ml
             elif abs(vol_ml - 1000) < best_err:  # fallback: closest to a typical brain
-                best, best_err = (labels == (k + 1), iters), abs(vol_ml - 1000)
+                best, best_err = (comp, iters), abs(vol_ml - 1000)
         if chosen is not None:
             best = (chosen, iters)
             break
@@ -375,7 +386,7 @@ def skull_strip(
         ).numpy() > 0.5
 
     fg = _head_foreground(head_np)
-    rough = _rough_brain(head_np * fg, spacing)
+    rough = _rough_brain(head_np * fg, spacing, img_head.affine)
     reg1 = _reg(head_np * rough, "Affine")
     crop = ndimage.binary_dilation(_warp_mask(reg1), iterations=max(1, int(round(8.0 / spacing))))
     reg2 = _reg(
@@ -398,8 +409,9 @@ def prepare_brain(
 ) -> dict:
     """Load a T1w image and bring it to the normalised MNI 1 mm form used for training.
 
-    Steps: load (RAS, float32) -> skull strip (unless ``skull_stripped``) ->
-    N4 bias correction inside the brain (optional) -> affine registration of
+    Steps: load (RAS, float32) -> N4 bias correction within the head (or
+    brain) foreground (optional) -> skull strip (unless ``skull_stripped``) ->
+    affine registration of
     the brain to the MNI152 brain template -> mask -> :func:`robust_normalise`.
 
     Parameters
@@ -409,7 +421,8 @@ def prepare_brain(
     skull_stripped : bool
         True when the input already has zero background outside the brain.
     n4 : bool
-        Apply ``ants.n4_bias_field_correction`` within the brain mask.
+        Apply ``ants.n4_bias_field_correction`` within the head foreground
+        (brain mask for stripped inputs), before skull stripping.
     pct : float
         Percentile mapped to 1 by :func:`robust_normalise`.
 
@@ -430,14 +443,20 @@ def prepare_brain(
         # 1-5 around the brain): threshold at 5 % of the robust maximum, not at 0.
         thr = 0.05 * float(np.percentile(data[data > 0], 99)) if np.any(data > 0) else 0.0
         brain = clean_mask(ndimage.binary_opening(data > thr, iterations=1))
+        region = brain
     else:
-        brain = np.asarray(skull_strip(img).dataobj) > 0
-
+        region = _head_foreground(data)
     if n4:
+        # Before skull stripping: strong bias fields (dark vertex, bright neck)
+        # defeat the intensity-based initialisation of :func:`skull_strip`.
         a = nib_to_ants(img)
-        amask = a.new_image_like(brain.astype(np.float32))
-        a = ants.n4_bias_field_correction(a, mask=amask, shrink_factor=4)
-        data = a.numpy().astype(np.float32)
+        a = ants.n4_bias_field_correction(
+            a, mask=a.new_image_like(region.astype(np.float32)), shrink_factor=4
+        )
+        data = a.numpy().astype(np.float32) * region
+        img = nib.Nifti1Image(data, img.affine)
+    if not skull_stripped:
+        brain = np.asarray(skull_strip(img).dataobj) > 0
     brain_img = nib.Nifti1Image(data * brain, img.affine)
 
     warped, transforms = register_to_mni(brain_img)
