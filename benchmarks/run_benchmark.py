@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--per-category", type=int, default=None, help="cases per category (default 3, quick 1)")
     p.add_argument("--steps", type=int, nargs="+", default=None,
                    help="usb known-mask filling step counts (default 10 25 50, quick 10)")
+    p.add_argument("--generation", type=int, default=None,
+                   help="unconditional pairs to generate for the generation metrics (default 4, quick 2; 0 skips)")
+    p.add_argument("--gen-steps", type=int, default=25, help="sampling steps for generation")
     p.add_argument("--heal-steps", type=int, default=None, help="steps for mask-free healing (default: max --steps)")
     p.add_argument("--weights", default=None, help="usb_prep weights folder (default: usb_prep's resolution order)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ITK")
@@ -366,6 +369,8 @@ def main(argv=None):
     args.per_category = args.per_category or (1 if args.quick else 3)
     args.steps = args.steps or ([10] if args.quick else [10, 25, 50])
     args.heal_steps = args.heal_steps or max(args.steps)
+    if args.generation is None:
+        args.generation = 2 if args.quick else 4
     if args.reg_cases is None:
         args.reg_cases = 1
     out_dir = Path(args.out)
@@ -492,6 +497,17 @@ def main(argv=None):
     total = time.perf_counter() - t_start
     report = write_reports(out_dir, args, command, versions(), brain_source, paint_how, cases, patients, mnames,
                            missing, reg_subset, total)
+    if args.generation:
+        import generation as G
+
+        log("generation tasks")
+        gen = G.run_generation(out_dir, brains, weights=args.weights, n=args.generation, steps=args.gen_steps, log=log)
+        with open(out_dir / "results.md", "a") as f:
+            f.write(G.markdown(gen))
+        rj = json.loads((out_dir / "results.json").read_text())
+        rj["generation"] = gen
+        (out_dir / "results.json").write_text(json.dumps(rj, indent=2, default=str))
+        total = time.perf_counter() - t_start
     log(f"done in {total:.0f}s -> {out_dir / 'results.md'}")
     return report
 

@@ -105,3 +105,24 @@ def test_full_chain_with_true_noise_is_exact():
         x, x0_hat = s.ddim_step(eps, t, x, tp)
         assert torch.allclose(x0_hat, x0, atol=1e-8)
     assert torch.allclose(x, x0, atol=1e-8)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("t", [0, 500, 1023])
+def test_split_inverts_target(prediction, t):
+    """The training target, split back, gives the true noise and x0 (both parameterisations)."""
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 1, 4, 4, 4, generator=g), torch.randn(2, 1, 4, 4, 4, generator=g)
+    x_t = s.add_noise(x0, noise, t)
+    eps, x0_hat = s.split(s.target(x0, noise, t, prediction), x_t, t, prediction)
+    tol = 1e-3 if (prediction == "epsilon" and t == 1023) else 1e-5  # eps amplifies by 1/sqrt(abar_T)
+    torch.testing.assert_close(eps, noise, atol=tol, rtol=0)
+    torch.testing.assert_close(x0_hat, x0, atol=tol, rtol=0)
+    torch.testing.assert_close(s.step_from(eps, x0_hat, -1), x0_hat)
+
+
+def test_split_rejects_unknown_prediction():
+    s = NoiseSchedule()
+    with pytest.raises(ValueError):
+        s.split(torch.zeros(1), torch.zeros(1), 3, "sample")

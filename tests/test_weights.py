@@ -44,7 +44,7 @@ def test_save_load_round_trip(tmp_path):
     x = torch.randn(1, 1, 8, 8, 8)
     t = torch.tensor([10])
     with torch.no_grad():
-        assert torch.equal(m.eps_lesion(x, x, t), loaded.eps_lesion(x, x, t))
+        assert torch.equal(m.lesion_out(x, x, t), loaded.lesion_out(x, x, t))
 
 
 def test_checksum_mismatch_names_file(weights_dir):

@@ -126,10 +126,20 @@ class USBModel(nn.Module):
         use = self.precision == "bf16" or auto
         return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use)
 
-    def eps_lesion(self, x_t, y_t, t):
+    def lesion_out(self, x_t, y_t, t):
+        """Raw USB_lesion output (eps or v, per ``cfg.prediction``)."""
         with self._autocast(x_t):
             return self.lesion_net(x_t, y_t, t).float()
 
-    def eps_brain(self, y_t, cond, t):
+    def brain_out(self, y_t, cond, t):
+        """Raw USB_brain output (eps or v, per ``cfg.prediction``)."""
         with self._autocast(y_t):
             return self.brain_net(y_t, cond, t).float()
+
+    def predict_lesion(self, x_t, y_t, t):
+        """``(eps_hat, x0_hat)`` of the lesion chain."""
+        return self.schedule.split(self.lesion_out(x_t, y_t, t), x_t, t, self.cfg.prediction)
+
+    def predict_brain(self, y_t, cond, t):
+        """``(eps_hat, y0_hat)`` of the brain chain."""
+        return self.schedule.split(self.brain_out(y_t, cond, t), y_t, t, self.cfg.prediction)

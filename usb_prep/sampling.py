@@ -61,9 +61,9 @@ def generate_pair_progressive(model: USBModel, shape, *, steps: int, generator=N
     pairs = step_pairs(sch.timesteps(steps))
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=x.device)
-        x_prev, x0_hat = sch.ddim_step(model.eps_lesion(x, y, tt), t, x, tp)
-        y_prev, y0_hat = sch.ddim_step(model.eps_brain(y, model.brain_cond(_as_cond(model, x0_hat)), tt), t, y, tp)
-        x, y = x_prev, y_prev
+        eps_x, x0_hat = model.predict_lesion(x, y, tt)
+        eps_y, y0_hat = model.predict_brain(y, model.brain_cond(_as_cond(model, x0_hat)), tt)
+        x, y = sch.step_from(eps_x, x0_hat, tp), sch.step_from(eps_y, y0_hat, tp)
         yield Step(i, len(pairs), t, y=y, y0_hat=y0_hat, x=x, x0_hat=x0_hat)
 
 
@@ -83,7 +83,8 @@ def generate_from_mask_progressive(model: USBModel, lesion_code: torch.Tensor, *
     pairs = step_pairs(sch.timesteps(steps))
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y.device)
-        y, y0_hat = sch.ddim_step(model.eps_brain(y, cond, tt), t, y, tp)
+        eps, y0_hat = model.predict_brain(y, cond, tt)
+        y = sch.step_from(eps, y0_hat, tp)
         yield Step(i, len(pairs), t, y=y, y0_hat=y0_hat)
 
 
@@ -135,8 +136,8 @@ def edit_progressive(
     n = len(pairs)
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y.device)
-        eps = model.eps_brain(y, cond, tt)
-        y_prev, y0_hat = sch.ddim_step(eps, t, y, tp)
+        eps, y0_hat = model.predict_brain(y, cond, tt)
+        y_prev = sch.step_from(eps, y0_hat, tp)
         if acg:
             w = acg_weight(y0, y0_hat, acg_gamma(n - 1 - i, n, gamma0, k))
             if acg_where is not None:
@@ -217,7 +218,8 @@ def detect_lesion_progressive(model: USBModel, y0: torch.Tensor, *, steps: int, 
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y0.device)
         y_t = sch.add_noise(y0, noise_y, t)
-        x, x0_hat = sch.ddim_step(model.eps_lesion(x, y_t, tt), t, x, tp)
+        eps, x0_hat = model.predict_lesion(x, y_t, tt)
+        x = sch.step_from(eps, x0_hat, tp)
         yield Step(i, len(pairs), t, x=x, x0_hat=x0_hat)
 
 

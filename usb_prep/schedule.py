@@ -43,6 +43,31 @@ class NoiseSchedule(nn.Module):
         a = self._bcast(self.abar(t), x_t)
         return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
+    def split(self, out: torch.Tensor, x_t: torch.Tensor, t, prediction: str = "epsilon"):
+        """Network output -> ``(eps_hat, x0_hat)`` for ``prediction`` "epsilon" or "v".
+
+        v = sqrt(abar) eps - sqrt(1 - abar) x0  (Salimans & Ho 2022): x0 = sqrt(abar) x_t - sqrt(1 - abar) v,
+        eps = sqrt(1 - abar) x_t + sqrt(abar) v.  Unlike eps, it stays well conditioned at t ~ T.
+        """
+        if prediction == "epsilon":
+            return out, self.predict_x0(x_t, out, t)
+        if prediction != "v":
+            raise ValueError(f"unknown prediction type {prediction!r}")
+        a = self._bcast(self.abar(t), x_t)
+        return (1 - a).sqrt() * x_t + a.sqrt() * out, a.sqrt() * x_t - (1 - a).sqrt() * out
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction: str = "epsilon") -> torch.Tensor:
+        """What the network is trained to output."""
+        if prediction == "epsilon":
+            return noise
+        a = self._bcast(self.abar(t), x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def step_from(self, eps: torch.Tensor, x0_hat: torch.Tensor, t_prev: int) -> torch.Tensor:
+        """DDIM (eta = 0) to t_prev given the two estimates: sqrt(a_prev) x0 + sqrt(1 - a_prev) eps."""
+        a_prev = self._bcast(self.abar(t_prev), x0_hat)
+        return a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps
+
     def timesteps(self, num_steps: int, t_start: int | None = None) -> list[int]:
         """Strictly decreasing timesteps from ``t_start`` (default T-1) down to 0.
 

@@ -272,9 +272,10 @@ class PairedLoss(nn.Module):
         # lesion chain sees the noisy pathological image
         x_t = sch.add_noise(x0, noise_x, t)
         y_t_patho = sch.add_noise(y_patho, noise_y, t)
-        eps_x = model.eps_lesion(x_t, y_t_patho, t)
-        l_lesion = F.mse_loss(eps_x, noise_x)
-        x0_hat = sch.predict_x0(x_t, eps_x.detach(), t).clamp(-1, 1)
+        pred = model.cfg.prediction
+        out_x = model.lesion_out(x_t, y_t_patho, t)
+        l_lesion = F.mse_loss(out_x, sch.target(x0, noise_x, t, pred))
+        x0_hat = sch.split(out_x.detach(), x_t, t, pred)[1].clamp(-1, 1)
         lesion_cond = torch.where(fill[:, None, None, None, None], model.empty_mask(x0_hat), x0_hat)
         y_t = sch.add_noise(y0, noise_y, t)
         weight = torch.ones_like(hole)
@@ -285,8 +286,8 @@ class PairedLoss(nn.Module):
             weight = torch.where(known > 0, torch.full_like(known, self.cfg.known_weight), weight)
         else:
             cond = model.brain_cond(lesion_cond)
-        eps_y = model.eps_brain(y_t, cond, t)
-        l_brain = ((eps_y - noise_y) ** 2 * weight).sum() / weight.sum().clamp(min=1)
+        out_y = model.brain_out(y_t, cond, t)
+        l_brain = ((out_y - sch.target(y0, noise_y, t, pred)) ** 2 * weight).sum() / weight.sum().clamp(min=1)
         return l_lesion + l_brain, {"lesion": l_lesion.detach(), "brain": l_brain.detach()}
 
 
