@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from nipype.interfaces.base import (
@@ -14,6 +13,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from ._common import optional, read_settings
 
 
 class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
@@ -40,12 +41,10 @@ class DerivativesSink(SimpleInterface):
         from usb_prep.bids import copy_derivative
 
         sidecar = dict(self.inputs.metadata) if isdefined(self.inputs.metadata) else None
-        if isdefined(self.inputs.settings_files) and self.inputs.settings_files:
+        if optional(self.inputs.settings_files):
             sidecar = sidecar or {}
             for path in self.inputs.settings_files:
-                with open(path) as fh:
-                    settings = json.load(fh)
-                messages = settings.pop("Messages", [])
+                settings, messages = read_settings(path)
                 sidecar.setdefault("LesionFilling", {}).update(settings)
                 if messages:
                     sidecar["LesionFilling"]["Messages"] = messages

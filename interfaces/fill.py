@@ -14,13 +14,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-
-def _device(use_gpu: bool) -> str:
-    return "cuda" if use_gpu else "cpu"
+from ._common import optional
 
 
-def _opt(value, default=None):
-    return value if isdefined(value) else default
+def _model_kwargs(inputs) -> dict:
+    """Keyword arguments of the :mod:`usb_prep.api` model calls shared by every interface here."""
+    return dict(weights=optional(inputs.weights), steps=optional(inputs.steps), seed=inputs.seed,
+                device="cuda" if inputs.use_gpu else "cpu", num_threads=optional(inputs.num_threads))
 
 
 def _save(img, name: str, cwd: str) -> str:
@@ -81,16 +81,12 @@ class LesionFill(SimpleInterface):
 
         res = fill_lesion(
             self.inputs.in_file,
-            _opt(self.inputs.mask_file),
-            weights=_opt(self.inputs.weights),
-            steps=_opt(self.inputs.steps),
-            t_start=_opt(self.inputs.t_start),
-            seed=self.inputs.seed,
-            device=_device(self.inputs.use_gpu),
+            optional(self.inputs.mask_file),
+            t_start=optional(self.inputs.t_start),
             method=self.inputs.method,
             resample_mask=self.inputs.resample_mask,
-            num_threads=_opt(self.inputs.num_threads),
             mask_kind=self.inputs.mask_kind,
+            **_model_kwargs(self.inputs),
         )
         self._results["out_file"] = _save(res.image, "filled.nii.gz", runtime.cwd)
         self._results["out_mask"] = _save(res.mask, "mask.nii.gz", runtime.cwd)
@@ -126,12 +122,8 @@ class LesionEmbed(SimpleInterface):
         res = embed_lesion(
             self.inputs.in_file,
             self.inputs.mask_file,
-            weights=_opt(self.inputs.weights),
-            steps=_opt(self.inputs.steps),
-            t_start=_opt(self.inputs.t_start),
-            seed=self.inputs.seed,
-            device=_device(self.inputs.use_gpu),
-            num_threads=_opt(self.inputs.num_threads),
+            t_start=optional(self.inputs.t_start),
+            **_model_kwargs(self.inputs),
         )
         self._results["out_file"] = _save(res.image, "embedded.nii.gz", runtime.cwd)
         self._results["out_settings"] = _settings(getattr(res, "settings", {}), getattr(res, "messages", []),
@@ -161,8 +153,7 @@ class GenerateLesionPair(SimpleInterface):
     def _run_interface(self, runtime):
         from usb_prep import api
 
-        kw = dict(weights=_opt(self.inputs.weights), steps=_opt(self.inputs.steps), seed=self.inputs.seed,
-                  device=_device(self.inputs.use_gpu), num_threads=_opt(self.inputs.num_threads))
+        kw = _model_kwargs(self.inputs)
         if isdefined(self.inputs.mask_file):
             brain = api.generate_from_mask(self.inputs.mask_file, **kw)
             self._results["out_mask"] = os.path.abspath(self.inputs.mask_file)

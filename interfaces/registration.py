@@ -17,6 +17,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ._common import optional
+
 
 class _AntsPyRegistrationInputSpec(BaseInterfaceInputSpec):
     fixed_image = File(exists=True, mandatory=True, desc="fixed image (template)")
@@ -114,7 +116,7 @@ class CostFunctionMask(SimpleInterface):
     def _run_interface(self, runtime):
         from usb_prep.reinstate import cost_function_mask, save
 
-        brain = self.inputs.brain_mask if isdefined(self.inputs.brain_mask) else None
+        brain = optional(self.inputs.brain_mask)
         self._results["out_file"] = save(cost_function_mask(self.inputs.in_file, brain),
                                          os.path.join(runtime.cwd, "costmask.nii.gz"))
         return runtime

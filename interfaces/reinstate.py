@@ -11,9 +11,10 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
+
+from ._common import optional
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -63,23 +64,22 @@ class ReinstateLesion(SimpleInterface):
     def _run_interface(self, runtime):
         from usb_prep import reinstate as core
 
-        opt = lambda v: v if isdefined(v) else None  # noqa: E731
         label = self.inputs.label.strip()
         label = label if label == "hemi" else int(label)
         res = core.reinstate_lesion(
             self.inputs.mask_file,
-            opt(self.inputs.in_file),
-            reference=opt(self.inputs.reference),
-            orig=opt(self.inputs.orig_file),
-            rawavg=opt(self.inputs.rawavg_file),
-            ants_transforms=opt(self.inputs.ants_transforms),
-            ants_invert=opt(self.inputs.ants_invert),
-            niftyreg_transform=opt(self.inputs.niftyreg_transform),
+            optional(self.inputs.in_file),
+            reference=optional(self.inputs.reference),
+            orig=optional(self.inputs.orig_file),
+            rawavg=optional(self.inputs.rawavg_file),
+            ants_transforms=optional(self.inputs.ants_transforms),
+            ants_invert=optional(self.inputs.ants_invert),
+            niftyreg_transform=optional(self.inputs.niftyreg_transform),
             interpolation=self.inputs.interpolation,
             threshold=self.inputs.threshold,
             label=label,
         )
-        grid = next(v for v in (opt(self.inputs.in_file), opt(self.inputs.reference), opt(self.inputs.orig_file))
+        grid = next(v for v in map(optional, (self.inputs.in_file, self.inputs.reference, self.inputs.orig_file))
                     if v is not None)
         self._results["out_mask"] = core.save(res.mask, _out_name(grid, "_lesionmask", runtime.cwd))
         if res.label_image is not None:

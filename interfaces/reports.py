@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from nipype.interfaces.base import (
@@ -13,6 +12,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from ._common import optional, read_settings
 
 
 class _LesionReportInputSpec(BaseInterfaceInputSpec):
@@ -40,14 +41,12 @@ class LesionReport(SimpleInterface):
 
         settings, messages = {}, []
         if isdefined(self.inputs.settings_file):
-            with open(self.inputs.settings_file) as fh:
-                settings = json.load(fh)
-            messages = settings.pop("Messages", [])
+            settings, messages = read_settings(self.inputs.settings_file)
         self._results["out_report"] = write_report(
             os.path.join(runtime.cwd, "report.html"),
             before=self.inputs.before,
             after=self.inputs.after,
-            mask=self.inputs.mask_file if isdefined(self.inputs.mask_file) else None,
+            mask=optional(self.inputs.mask_file),
             title=self.inputs.title,
             caption=self.inputs.caption,
             settings=settings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ._common import ants_binary_available, repeat
+from ._common import ants_binary_available, connect_dseg, init_fill_front, repeat, template_nodes
 
 
 def _nipype_registration(omp_nthreads: int, quick: bool):
@@ -103,59 +103,34 @@ def init_fill_ants_wf(
     dseg
         Template-space tissue segmentation with the lesion written in.
     """
-    from usb_prep.interfaces.registration import AntsPyRegistration, AntsPySegmentation, CostFunctionMask
-    from usb_prep.interfaces.reinstate import ReinstateLesion
-
-    from .fill import init_lesion_fill_wf
+    from usb_prep.interfaces.registration import AntsPyRegistration
 
     if use_antspy is None:
         use_antspy = not ants_binary_available()
-    wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "mask_file", "template", "template_dseg"]),
-                        name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "out_file", "out_mask", "out_settings", "warped", "transforms", "template_mask", "dseg",
-    ]), name="outputnode")
-    fill_wf = init_lesion_fill_wf(**(fill_options or {}))
-    costmask = pe.Node(CostFunctionMask(), name="cost_function_mask")
-    reinstate = pe.Node(ReinstateLesion(label=str(lesion_label), interpolation=interpolation), name="reinstate")
-    wf.connect([
-        (inputnode, fill_wf, [("in_file", "inputnode.in_file"), ("mask_file", "inputnode.mask_file")]),
-        (fill_wf, costmask, [("outputnode.out_mask", "in_file")]),
-        (fill_wf, reinstate, [("outputnode.out_mask", "mask_file")]),
-        (fill_wf, outputnode, [("outputnode.out_file", "out_file"), ("outputnode.out_mask", "out_mask"),
-                               ("outputnode.out_settings", "out_settings")]),
-        (reinstate, outputnode, [("out_file", "dseg"), ("out_mask", "template_mask")]),
-    ])
+    wf, inputnode, outputnode, fill_wf = init_fill_front(
+        name, fill_options, inputs=["template", "template_dseg"],
+        outputs=["warped", "transforms", "template_mask", "dseg"])
+    costmask, reinstate = template_nodes(wf, fill_wf, outputnode, lesion_label, interpolation)
+    wf.connect([(fill_wf, reinstate, [("outputnode.out_mask", "mask_file")])])
     if use_antspy:
         reg = pe.Node(AntsPyRegistration(transform_type=transform_type, num_threads=omp_nthreads),
                       name="register", n_procs=omp_nthreads)
         if quick:
             reg.inputs.reg_iterations = [20, 10, 0]
-        wf.connect([
-            (costmask, reg, [("out_file", "moving_mask")]),
-            (reg, reinstate, [("forward_transforms", "ants_transforms")]),
-            (reg, outputnode, [("forward_transforms", "transforms")]),
-        ])
+        transforms = "forward_transforms"
+        wf.connect([(costmask, reg, [("out_file", "moving_mask")])])
     else:
         reg = pe.Node(_nipype_registration(omp_nthreads, quick), name="register", n_procs=omp_nthreads)
         masks = pe.Node(niu.Function(function=repeat, input_names=["in_file", "n"], output_names=["out"]),
                         name="mask_per_stage")
         masks.inputs.n = 3
-        wf.connect([
-            (costmask, masks, [("out_file", "in_file")]),
-            (masks, reg, [("out", "moving_image_masks")]),
-            (reg, reinstate, [("reverse_forward_transforms", "ants_transforms")]),
-            (reg, outputnode, [("reverse_forward_transforms", "transforms")]),
-        ])
+        transforms = "reverse_forward_transforms"
+        wf.connect([(costmask, masks, [("out_file", "in_file")]), (masks, reg, [("out", "moving_image_masks")])])
     wf.connect([
         (inputnode, reg, [("template", "fixed_image")]),
         (fill_wf, reg, [("outputnode.out_file", "moving_image")]),
-        (reg, outputnode, [("warped_image", "warped")]),
+        (reg, reinstate, [(transforms, "ants_transforms")]),
+        (reg, outputnode, [("warped_image", "warped"), (transforms, "transforms")]),
     ])
-    if segment:
-        seg = pe.Node(AntsPySegmentation(), name="segment")
-        wf.connect([(reg, seg, [("warped_image", "in_file")]), (seg, reinstate, [("out_file", "in_file")])])
-    else:
-        wf.connect([(inputnode, reinstate, [("template_dseg", "in_file")])])
+    connect_dseg(wf, segment, (reg, "warped_image"), inputnode, reinstate)
     return wf

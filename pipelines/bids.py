@@ -79,13 +79,14 @@ def init_bids_subject_wf(
         raise ValueError(f"downstream must be one of {DOWNSTREAMS}")
     output_dir = Path(output_dir).absolute()
     fill_options = {**(fill_options or {}), "mask_kind": mask_kind, "omp_nthreads": omp_nthreads}
+    to_template = downstream in ("ants", "niftyreg")
+    fs_dir = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
     wf = pe.Workflow(name=name or entry.key.replace("-", "_"))
     if downstream == "none":
         core_wf = init_lesion_fill_wf(**fill_options)
     elif downstream == "freesurfer":
-        sd = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
-        sd.mkdir(parents=True, exist_ok=True)
-        core_wf = init_fill_freesurfer_wf(fill_options=fill_options, subject_id=entry.key, subjects_dir=str(sd),
+        fs_dir.mkdir(parents=True, exist_ok=True)
+        core_wf = init_fill_freesurfer_wf(fill_options=fill_options, subject_id=entry.key, subjects_dir=str(fs_dir),
                                           lesion_label=fs_lesion_label, omp_nthreads=omp_nthreads)
         if fs_license_file:
             core_wf.get_node("recon_all").inputs.environ = {"FS_LICENSE": str(fs_license_file)}
@@ -98,7 +99,7 @@ def init_bids_subject_wf(
     core_wf.inputs.inputnode.in_file = str(entry.t1w)
     if entry.mask is not None:
         core_wf.inputs.inputnode.mask_file = str(entry.mask)
-    if downstream in ("ants", "niftyreg"):
+    if to_template:
         if not template:
             raise ValueError(f"--downstream {downstream} needs --template")
         core_wf.inputs.inputnode.template = str(template)
@@ -108,8 +109,8 @@ def init_bids_subject_wf(
     t1w_uri = core.bids_uri(entry.t1w, bids_dir)
     sources = [t1w_uri] + ([core.bids_uri(entry.mask, bids_dir)] if entry.mask is not None else [])
 
-    def sink(name, rel, metadata=None):
-        node = pe.Node(DerivativesSink(base_directory=str(output_dir), out_name=rel), name=name,
+    def sink(name, rel, metadata=None, base=output_dir):
+        node = pe.Node(DerivativesSink(base_directory=str(base), out_name=rel), name=name,
                        run_without_submitting=True)
         if metadata is not None:
             node.inputs.metadata = metadata
@@ -133,7 +134,7 @@ def init_bids_subject_wf(
         (report, ds_report, [("out_report", "in_file")]),
     ])
     space = {"space": template_space}
-    if downstream in ("ants", "niftyreg"):
+    if to_template:
         ds_tmask = sink("ds_template_mask", core.derivative_name(entry, label=mask_kind, suffix="mask", **space),
                         core.mask_sidecar(sources, mask_kind=mask_kind, extra={"Registration": downstream}))
         ds_dseg = sink("ds_template_dseg", core.derivative_name(entry, desc=mask_kind, suffix="dseg", **space),
@@ -143,17 +144,13 @@ def init_bids_subject_wf(
             (core_wf, ds_dseg, [("outputnode.dseg", "in_file")]),
         ])
     elif downstream == "freesurfer":
-        sd = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
         meta = {"Sources": sources, "LesionLabel": fs_lesion_label}
         for node_name, field, fname in (("ds_aseg", "aseg", "aseg.lesion.mgz"),
                                         ("ds_aparc_aseg", "aparc_aseg", "aparc+aseg.lesion.mgz"),
                                         ("ds_fs_mask", "fs_mask", "lesion.mgz")):
-            node = pe.Node(DerivativesSink(base_directory=str(sd), out_name=f"{entry.key}/mri/{fname}",
-                                           metadata=meta), name=node_name, run_without_submitting=True)
+            node = sink(node_name, f"{entry.key}/mri/{fname}", meta, base=fs_dir)
             wf.connect(core_wf, f"outputnode.{field}", node, "in_file")
     return wf
-
-
 
 
 __all__ = ["DOWNSTREAMS", "init_bids_subject_wf"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+
+from ._common import FILL_OUTPUTS, io_nodes
 
 
 def init_lesion_fill_wf(
@@ -59,22 +60,17 @@ def init_lesion_fill_wf(
     from usb_prep.interfaces.fill import LesionFill
 
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "mask_file"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["out_file", "out_mask", "out_settings"]),
-                         name="outputnode")
+    inputnode, outputnode = io_nodes()
     fill = pe.Node(
         LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind),
         name="lesion_fill",
         n_procs=omp_nthreads,
     )
-    if use_gpu:
-        fill.inputs.use_gpu = True
     for key, value in (("weights", weights), ("steps", steps), ("t_start", t_start)):
         if value is not None:
             setattr(fill.inputs, key, value)
     wf.connect([
         (inputnode, fill, [("in_file", "in_file"), ("mask_file", "mask_file")]),
-        (fill, outputnode, [("out_file", "out_file"), ("out_mask", "out_mask"),
-                            ("out_settings", "out_settings")]),
+        (fill, outputnode, [(field, field) for field in FILL_OUTPUTS]),
     ])
     return wf

@@ -5,6 +5,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ._common import init_fill_front
+
 
 def _pick_aparc_aseg(in_files):
     """Select ``aparc+aseg.mgz`` among ReconAll's ``aparc_aseg`` outputs."""
@@ -78,34 +80,27 @@ def init_fill_freesurfer_wf(
 
     from usb_prep.interfaces.reinstate import ReinstateLesion
 
-    from .fill import init_lesion_fill_wf
-
-    wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "mask_file"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "out_file", "out_mask", "out_settings", "subjects_dir", "subject_id", "aseg", "aparc_aseg", "fs_mask",
-    ]), name="outputnode")
-    fill_wf = init_lesion_fill_wf(**(fill_options or {}))
+    wf, _, outputnode, fill_wf = init_fill_front(
+        name, fill_options, outputs=["subjects_dir", "subject_id", "aseg", "aparc_aseg", "fs_mask"])
     recon = pe.Node(ReconAll(directive=directive, subject_id=subject_id, openmp=omp_nthreads),
                     name="recon_all", n_procs=omp_nthreads)
     if subjects_dir is not None:
         recon.inputs.subjects_dir = str(subjects_dir)
     pick = pe.Node(niu.Function(function=_pick_aparc_aseg, input_names=["in_files"],
                                 output_names=["out_file"]), name="pick_aparc_aseg")
-    common = dict(label=str(lesion_label), interpolation=interpolation)
-    reinstate_aseg = pe.Node(ReinstateLesion(**common), name="reinstate_aseg")
-    reinstate_aparc = pe.Node(ReinstateLesion(**common), name="reinstate_aparc_aseg")
+    reinstate_aseg, reinstate_aparc = (
+        pe.Node(ReinstateLesion(label=str(lesion_label), interpolation=interpolation), name=node_name)
+        for node_name in ("reinstate_aseg", "reinstate_aparc_aseg"))
+    for reinstate in (reinstate_aseg, reinstate_aparc):
+        wf.connect([
+            (fill_wf, reinstate, [("outputnode.out_mask", "mask_file")]),
+            (recon, reinstate, [("orig", "orig_file"), ("rawavg", "rawavg_file")]),
+        ])
     wf.connect([
-        (inputnode, fill_wf, [("in_file", "inputnode.in_file"), ("mask_file", "inputnode.mask_file")]),
         (fill_wf, recon, [("outputnode.out_file", "T1_files")]),
         (recon, pick, [("aparc_aseg", "in_files")]),
-        (fill_wf, reinstate_aseg, [("outputnode.out_mask", "mask_file")]),
-        (recon, reinstate_aseg, [("aseg", "in_file"), ("orig", "orig_file"), ("rawavg", "rawavg_file")]),
-        (fill_wf, reinstate_aparc, [("outputnode.out_mask", "mask_file")]),
-        (recon, reinstate_aparc, [("orig", "orig_file"), ("rawavg", "rawavg_file")]),
+        (recon, reinstate_aseg, [("aseg", "in_file")]),
         (pick, reinstate_aparc, [("out_file", "in_file")]),
-        (fill_wf, outputnode, [("outputnode.out_file", "out_file"), ("outputnode.out_mask", "out_mask"),
-                               ("outputnode.out_settings", "out_settings")]),
         (recon, outputnode, [("subjects_dir", "subjects_dir"), ("subject_id", "subject_id")]),
         (reinstate_aseg, outputnode, [("out_file", "aseg"), ("out_mask", "fs_mask")]),
         (reinstate_aparc, outputnode, [("out_file", "aparc_aseg")]),

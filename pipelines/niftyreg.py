@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+
+from ._common import connect_dseg, init_fill_front, template_nodes
 
 
 def find_niftyreg_dir(niftyreg_dir: str | None = None) -> str | None:
@@ -31,10 +32,15 @@ def find_niftyreg_dir(niftyreg_dir: str | None = None) -> str | None:
     return os.path.dirname(exe) if exe else None
 
 
-def _set_cmd(node, bindir, exe):
-    # nipype resolves the NiftyReg path at import time ($NIFTYREGDIR); pin it per node
+def _niftyreg_node(interface, name, bindir, exe, **kwargs):
+    """Node running ``exe`` from ``bindir``.
+
+    nipype resolves the NiftyReg path at import time ($NIFTYREGDIR); it is pinned per node here.
+    """
+    node = pe.Node(interface, name=name, **kwargs)
     if bindir:
         node.interface._cmd = os.path.join(bindir, exe)
+    return node
 
 
 def init_fill_niftyreg_wf(
@@ -99,62 +105,37 @@ def init_fill_niftyreg_wf(
     """
     from nipype.interfaces.niftyreg import RegAladin, RegF3D, RegResample
 
-    from usb_prep.interfaces.registration import AntsPySegmentation, CostFunctionMask
-    from usb_prep.interfaces.reinstate import ReinstateLesion
-
-    from .fill import init_lesion_fill_wf
-
     bindir = find_niftyreg_dir(niftyreg_dir)
-    wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["in_file", "mask_file", "template", "template_dseg"]),
-                        name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "out_file", "out_mask", "out_settings", "warped", "transform", "template_mask", "dseg",
-    ]), name="outputnode")
-    fill_wf = init_lesion_fill_wf(**(fill_options or {}))
-    costmask = pe.Node(CostFunctionMask(), name="cost_function_mask")
-    aladin = pe.Node(RegAladin(omp_core_val=omp_nthreads), name="reg_aladin", n_procs=omp_nthreads)
-    _set_cmd(aladin, bindir, "reg_aladin")
-    resample = pe.Node(RegResample(inter_val="NN" if interpolation == "nearest" else "LIN",
-                                   omp_core_val=omp_nthreads), name="reg_resample_mask")
-    _set_cmd(resample, bindir, "reg_resample")
-    reinstate = pe.Node(ReinstateLesion(label=str(lesion_label), interpolation="nearest"), name="reinstate")
+    wf, inputnode, outputnode, fill_wf = init_fill_front(
+        name, fill_options, inputs=["template", "template_dseg"],
+        outputs=["warped", "transform", "template_mask", "dseg"])
+    costmask, reinstate = template_nodes(wf, fill_wf, outputnode, lesion_label, "nearest")
+    aladin = _niftyreg_node(RegAladin(omp_core_val=omp_nthreads), "reg_aladin", bindir, "reg_aladin",
+                            n_procs=omp_nthreads)
+    resample = _niftyreg_node(RegResample(inter_val="NN" if interpolation == "nearest" else "LIN",
+                                          omp_core_val=omp_nthreads), "reg_resample_mask", bindir, "reg_resample")
     wf.connect([
-        (inputnode, fill_wf, [("in_file", "inputnode.in_file"), ("mask_file", "inputnode.mask_file")]),
-        (fill_wf, costmask, [("outputnode.out_mask", "in_file")]),
-        (inputnode, aladin, [("template", "ref_file")]),
-        (fill_wf, aladin, [("outputnode.out_file", "flo_file")]),
-        (costmask, aladin, [("out_file", "fmask_file")]),
         (inputnode, resample, [("template", "ref_file")]),
         (fill_wf, resample, [("outputnode.out_mask", "flo_file")]),
         (resample, reinstate, [("out_file", "mask_file")]),
-        (fill_wf, outputnode, [("outputnode.out_file", "out_file"), ("outputnode.out_mask", "out_mask"),
-                               ("outputnode.out_settings", "out_settings")]),
-        (reinstate, outputnode, [("out_file", "dseg"), ("out_mask", "template_mask")]),
     ])
+    regs = [aladin]
     if nonlinear:
-        f3d = pe.Node(RegF3D(omp_core_val=omp_nthreads), name="reg_f3d", n_procs=omp_nthreads)
+        f3d = _niftyreg_node(RegF3D(omp_core_val=omp_nthreads), "reg_f3d", bindir, "reg_f3d", n_procs=omp_nthreads)
         if f3d_maxit:
             f3d.inputs.maxit_val = f3d_maxit
-        _set_cmd(f3d, bindir, "reg_f3d")
+        regs.append(f3d)
+        wf.connect([(aladin, f3d, [("aff_file", "aff_file")])])
+    for reg in regs:
         wf.connect([
-            (inputnode, f3d, [("template", "ref_file")]),
-            (fill_wf, f3d, [("outputnode.out_file", "flo_file")]),
-            (costmask, f3d, [("out_file", "fmask_file")]),
-            (aladin, f3d, [("aff_file", "aff_file")]),
-            (f3d, resample, [("cpp_file", "trans_file")]),
-            (f3d, outputnode, [("cpp_file", "transform"), ("res_file", "warped")]),
+            (inputnode, reg, [("template", "ref_file")]),
+            (fill_wf, reg, [("outputnode.out_file", "flo_file")]),
+            (costmask, reg, [("out_file", "fmask_file")]),
         ])
-        warped = (f3d, "res_file")
-    else:
-        wf.connect([
-            (aladin, resample, [("aff_file", "trans_file")]),
-            (aladin, outputnode, [("aff_file", "transform"), ("res_file", "warped")]),
-        ])
-        warped = (aladin, "res_file")
-    if segment:
-        seg = pe.Node(AntsPySegmentation(), name="segment")
-        wf.connect([(warped[0], seg, [(warped[1], "in_file")]), (seg, reinstate, [("out_file", "in_file")])])
-    else:
-        wf.connect([(inputnode, reinstate, [("template_dseg", "in_file")])])
+    last, transform = (f3d, "cpp_file") if nonlinear else (aladin, "aff_file")
+    wf.connect([
+        (last, resample, [(transform, "trans_file")]),
+        (last, outputnode, [(transform, "transform"), ("res_file", "warped")]),
+    ])
+    connect_dseg(wf, segment, (last, "res_file"), inputnode, reinstate)
     return wf
