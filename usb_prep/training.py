@@ -276,7 +276,11 @@ class PairedLoss(nn.Module):
         out_x = model.lesion_out(x_t, y_t_patho, t)
         l_lesion = F.mse_loss(out_x, sch.target(x0, noise_x, t, pred))
         x0_hat = sch.split(out_x.detach(), x_t, t, pred)[1].clamp(-1, 1)
-        lesion_cond = torch.where(fill[:, None, None, None, None], model.empty_mask(x0_hat), x0_hat)
+        # paired samples condition on the one-step lesion estimate (paper); samples with context
+        # (embedding with a known mask) on the true mask, as at inference; fill samples on "no lesion"
+        given = (modes == 2)[:, None, None, None, None]
+        lesion_cond = torch.where(given, x0, x0_hat)
+        lesion_cond = torch.where(fill[:, None, None, None, None], model.empty_mask(x0_hat), lesion_cond)
         y_t = sch.add_noise(y0, noise_y, t)
         weight = torch.ones_like(hole)
         if model.cfg.context:

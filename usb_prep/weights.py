@@ -153,3 +153,14 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
     log.debug("loaded %s", info)
     return model, info
+
+
+def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None) -> Path:
+    """One weights folder from two training runs' exports (``fill`` and ``generate`` roles).
+
+    ``usb-train`` exports each run's EMA weights to ``RUN/weights``; the packaged default is
+    ``bundle("usb_prep/weights/default", fill="runs/fill/weights", generate="runs/gen/weights")``.
+    """
+    f, _ = load_model(fill, "fill")
+    g, _ = load_model(generate, "generate")
+    return save_model(out, {"fill": f, "generate": g}, extra=extra)
