@@ -301,7 +301,17 @@ def generate_pair_array(*, model=None, weights=None, steps: int | None = None, s
         bar.close()
     brain = model.decode_image(s.y)[0, 0].clamp(min=0).float().cpu().numpy()
     lesion = model.decode_mask(s.x)[0, 0].float().cpu().numpy() >= 0.5
-    return brain, lesion & (brain > 0.05)
+    head = _largest_component(ndimage.gaussian_filter(brain, 1.0) > 0.1)
+    brain = np.where(head, brain, 0.0).astype(np.float32)  # background exactly 0, as in the training images
+    return brain, lesion & head
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
 def generate_from_mask_array(mask: np.ndarray, *, model=None, weights=None, steps: int | None = None, seed: int = 0,
@@ -313,7 +323,9 @@ def generate_from_mask_array(mask: np.ndarray, *, model=None, weights=None, step
     m_t = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(dev)
     y = sampling.generate_from_mask(model, model.encode_mask(m_t), steps=steps or model.cfg.default_steps,
                                     generator=_generator(seed))
-    return model.decode_image(y)[0, 0].clamp(min=0).float().cpu().numpy()
+    brain = model.decode_image(y)[0, 0].clamp(min=0).float().cpu().numpy()
+    head = _largest_component(ndimage.gaussian_filter(brain, 1.0) > 0.1) | np.asarray(mask, bool)
+    return np.where(head, brain, 0.0).astype(np.float32)
 
 
 def _grid(model) -> tuple[int, int, int]:

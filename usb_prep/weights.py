@@ -155,7 +155,8 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     return model, info
 
 
-def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None) -> Path:
+def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
+           fill_defaults: dict | None = None, generate_defaults: dict | None = None) -> Path:
     """One weights folder from two training runs' exports (``fill`` and ``generate`` roles).
 
     ``usb-train`` exports each run's EMA weights to ``RUN/weights``; the packaged default is
@@ -163,4 +164,7 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
+    # sampling defaults chosen by the benchmark (e.g. default_steps) travel in the config
+    f.cfg = f.cfg.replace(**(fill_defaults or {}))
+    g.cfg = g.cfg.replace(**(generate_defaults or {}))
     return save_model(out, {"fill": f, "generate": g}, extra=extra)
