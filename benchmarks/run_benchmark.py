@@ -367,8 +367,8 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     args.per_category = args.per_category or (1 if args.quick else 3)
-    args.steps = args.steps or ([10] if args.quick else [10, 25, 50])
-    args.heal_steps = args.heal_steps or max(args.steps)
+    args.steps = args.steps or ([1, 10] if args.quick else [1, 5, 10])
+    args.heal_steps = args.heal_steps or min(args.steps)
     if args.generation is None:
         args.generation = 2 if args.quick else 4
     if args.reg_cases is None:

@@ -415,7 +415,7 @@ def export(ema: USBModel, folder: Path, cfg: TrainConfig, it: int, role: str | N
     """Write the EMA weights in the shipped format, with a training summary in the config."""
     from .weights import save_model
 
-    summary = {"iterations": it, **{k: v for k, v in cfg.to_dict().items() if k not in ("out",)}}
+    summary = {**{k: v for k, v in cfg.to_dict().items() if k not in ("out",)}, "iterations_done": it}
     m = USBModel(ema.cfg.replace(training=summary))
     m.load_state_dict(ema.state_dict())
     role = role or ("generate" if ema.cfg.grid is not None else "fill")
