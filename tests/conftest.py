@@ -14,6 +14,13 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    # tiny volumes gain nothing from threads, and OpenMP threads oversubscribed with other work
+    # (nipype workers, ITK, a busy machine) slow torch down by an order of magnitude
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _affine(shape, zooms=(1.0, 1.0, 1.0), origin=None):
