@@ -78,7 +78,7 @@ def test_train_writes_checkpoint_log_weights_and_resumes(cohort, tmp_path):
     assert {"lesion", "brain"} <= set(recs[0])
     model, info = load_model(w, "fill")
     assert model.cfg.name == "tiny"
-    assert model.cfg.training["iterations"] == 3
+    assert model.cfg.training["iterations_done"] == 3
     ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
     assert ck["iteration"] == 3
     sha3 = info["sha256"]
@@ -89,7 +89,7 @@ def test_train_writes_checkpoint_log_weights_and_resumes(cohort, tmp_path):
     ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
     assert ck["iteration"] == 5
     model5, info5 = load_model(w, "fill")
-    assert model5.cfg.training["iterations"] == 5
+    assert model5.cfg.training["iterations_done"] == 5
     assert info5["sha256"] != sha3
 
 
@@ -104,6 +104,20 @@ def test_train_is_reproducible(cohort, tmp_path):
     ma, _ = load_model(a, "fill")
     mb, _ = load_model(b, "fill")
     assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+def test_train_from_init_weights(cohort, tmp_path):
+    """--init-weights starts from given weights (e.g. the packaged model) instead of random ones."""
+    a = train(_cfg(cohort, tmp_path / "a", 2), progress=False)
+    init, _ = load_model(a, "fill")
+    out = tmp_path / "b"
+    train(_cfg(cohort, out, 1, init_weights=str(a), lr=0.0, ema=1.0), progress=False)
+    got, _ = load_model(out / "weights", "fill")
+    # lr 0 and EMA 1: the exported weights are exactly the initial ones
+    assert all(torch.equal(x, y) for x, y in zip(init.state_dict().values(), got.state_dict().values()))
+    fresh = train(_cfg(cohort, tmp_path / "c", 1, lr=0.0, ema=1.0, seed=7), progress=False)
+    other, _ = load_model(fresh, "fill")
+    assert not all(torch.equal(x, y) for x, y in zip(init.state_dict().values(), other.state_dict().values()))
 
 
 def test_train_without_brains_fails_clearly(cohort, tmp_path):

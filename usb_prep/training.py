@@ -62,6 +62,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     workers: int = 1  # background sampling processes (0: sample in the main process)
+    init_weights: str | None = None  # start from these weights (e.g. the packaged model) instead of random
 
     def to_dict(self):
         return asdict(self)
@@ -339,6 +340,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         opt.load_state_dict(ck["opt"])
         start = ck["iteration"]
         log.info("resumed from %s at iteration %d", ckpt_path, start)
+    elif cfg.init_weights:
+        from .weights import load_model
+
+        init, info = load_model(cfg.init_weights, "generate" if mcfg.grid is not None else "fill")
+        model.load_state_dict(init.state_dict())
+        ema.load_state_dict(init.state_dict())
+        log.info("initialised from %s (sha256 %s)", info["file"], info["sha256"])
     loss_mod = PairedLoss(model, cfg)
     runner = loss_mod
     if world > 1:

@@ -28,6 +28,8 @@ import click
 @click.option("--threads", type=int, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--init-weights", type=click.Path(), default=None,
+              help="Start from these weights (e.g. usb_prep/weights/default) instead of random ones.")
 @click.option("--max-masks", type=int, default=None, help="Use only this many masks (quick runs).")
 @click.option("--quiet", is_flag=True)
 def main(config_file, quiet, **opts):
