@@ -366,7 +366,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    args.per_category = args.per_category or (1 if args.quick else 3)
+    args.per_category = args.per_category or (1 if args.quick else 2)
     args.steps = args.steps or ([1, 10] if args.quick else [1, 5, 10])
     args.heal_steps = args.heal_steps or min(args.steps)
     if args.generation is None:

@@ -225,3 +225,19 @@ def test_fill_array_keeps_outside_exactly():
     assert np.array_equal(out[~m], v[~m].astype(np.float32))
     assert np.isfinite(out).all()
     assert not np.array_equal(out[m], v[m])
+
+
+def test_ring_bias_measures_the_prediction_offset_in_the_ring():
+    """The calibration field inside the lesion equals the model's offset seen in the known ring."""
+    import numpy as np
+
+    from usb_prep.api import _ring_bias
+
+    truth = np.full((20, 20, 20), 0.9, np.float32)
+    pred = truth - 0.15  # a model that fills 0.15 too dark
+    mask = np.zeros(truth.shape, bool)
+    mask[7:13, 7:13, 7:13] = True
+    field = _ring_bias(truth, pred, mask, margin=2)
+    np.testing.assert_allclose(field[mask], 0.15, atol=1e-5)
+    assert np.all(field[~mask] == 0)
+    assert not _ring_bias(truth, pred, np.zeros_like(mask), margin=2).any()

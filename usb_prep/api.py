@@ -159,7 +159,8 @@ def _pad_to(arr: np.ndarray, divisor: int, min_size: int = 0):
     return crops.extract(arr, box)
 
 
-def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target, bar, mirrored=None):
+def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target, bar, mirrored=None,
+               calibrate=True):
     div = model.divisor * model.downsample
     vp = _pad_to(v.astype(np.float32), div, 2 * div)
     mp = _pad_to(m, div, 2 * div)
@@ -176,7 +177,28 @@ def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target
             bar.update(1)
     y = s.y
     v_out = model.decode_image(y)[0, 0].float().cpu().numpy()
+    if calibrate and model.autoencoder is None:
+        v_out = v_out + _ring_bias(vp, model.decode_image(s.y0_pred)[0, 0].float().cpu().numpy(), mp, margin)
     return v_out[tuple(slice(0, n) for n in v.shape)]
+
+
+def _ring_bias(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, margin: int, sigma: float = 4.0) -> np.ndarray:
+    """Bias of the model's own prediction in the ring around the lesion, extended inwards.
+
+    The ring (mask dilated by ``margin``, minus the mask) is part of the hole the network fills
+    but its true values are known: ``truth - pred`` there measures the fill's local intensity
+    bias.  Normalised Gaussian smoothing carries it into the lesion (global mean where the ring
+    is far away).
+    """
+    ring = ndimage.binary_dilation(mask, iterations=max(margin, 1)) & ~mask
+    if not ring.any():
+        return np.zeros_like(pred)
+    res = np.where(ring, truth - pred, 0.0)
+    num = ndimage.gaussian_filter(res, sigma)
+    den = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
+    mean = float(res[ring].mean())
+    field = np.where(den > 1e-3, num / np.maximum(den, 1e-3), mean)
+    return np.where(mask, field, 0.0).astype(np.float32)
 
 
 def _fill_on_grid(model, image, mask, *, steps, t_start, seed, voxel_size, device, margin, acg_region, target, progress):

@@ -29,6 +29,7 @@ class Step:
     y0_hat: torch.Tensor | None = None
     x: torch.Tensor | None = None  # lesion chain state
     x0_hat: torch.Tensor | None = None
+    y0_pred: torch.Tensor | None = None  # the network's own y0 estimate, before any guidance
 
 
 def randn(shape, generator: torch.Generator | None, like: torch.Tensor | None = None, device=None) -> torch.Tensor:
@@ -137,6 +138,7 @@ def edit_progressive(
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y.device)
         eps, y0_hat = model.predict_brain(y, cond, tt)
+        y0_pred = y0_hat
         y_prev = sch.step_from(eps, y0_hat, tp)
         if acg:
             w = acg_weight(y0, y0_hat, acg_gamma(n - 1 - i, n, gamma0, k))
@@ -153,7 +155,7 @@ def edit_progressive(
             y_new = torch.where(known.bool(), noised_target, y_new)
             y0_hat = torch.where(known.bool(), y0, y0_hat)
         y = y_new
-        yield Step(i, n, t, y=y, y0_hat=y0_hat)
+        yield Step(i, n, t, y=y, y0_hat=y0_hat, y0_pred=y0_pred)
 
 
 def edit(model, y0, lesion_code, **kw) -> torch.Tensor:
