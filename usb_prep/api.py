@@ -107,6 +107,7 @@ def fill_array(
     target: str = "noised",
     progress: bool = False,
     affine: np.ndarray | None = None,
+    calibrate: bool = True,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
@@ -144,7 +145,8 @@ def fill_array(
             mi = _zoom_to(mi, shape, 1) if mi is not None else None
         else:
             v_m, m_m = v, m
-        filled = _fill_crop(model, v_m, m_m, steps, t_start, gen, dev, margin, acg_region, target, bar, mi)
+        filled = _fill_crop(model, v_m, m_m, steps, t_start, gen, dev, margin, acg_region, target, bar, mi,
+                            calibrate)
         if needs_zoom:
             filled = _zoom_to(filled, v.shape, 1)
         crops.paste(out, box, np.clip(filled, 0.0, hi), mask)
