@@ -388,7 +388,6 @@ def main(argv=None):
     truth, brain, affine, brain_source = load_brain(brains)
     log(f"brain: {brain_source}, grid {truth.shape}")
     hi = float(truth[brain].max())  # common [0, 1] scale: min-max of the healthy truth (paper style)
-    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
 
     chosen = choose_masks(data_dir, args.per_category, truth.shape, affine, brain, log)
     cases: list[Case] = []
