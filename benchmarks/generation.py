@@ -13,26 +13,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def real_on_grid(brains_dir: Path, cfg) -> list[np.ndarray]:
-    """Prepared brains (MNI 1 mm) averaged to ``cfg.voxel_mm`` and centred on ``cfg.grid``."""
-    from usb_prep import crops
+    """Prepared brains (MNI 1 mm) on the generation model's grid, as the training sampler sees them."""
+    from usb_prep.training import to_model_grid
 
-    f = int(round(cfg.voxel_mm))
-    grid = np.array(cfg.grid)
-    out = []
-    for p in sorted(Path(brains_dir).glob("*_T1w.nii.gz")):
-        a = np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float32)
-        t = torch.from_numpy(a)[None, None]
-        pad = [(-s) % f for s in a.shape]
-        t = F.pad(t, [0, pad[2], 0, pad[1], 0, pad[0]])
-        c = F.avg_pool3d(t, f)[0, 0].numpy()
-        lo = (np.array(c.shape) - grid) // 2
-        out.append(crops.extract(c, crops.Box(tuple(lo), tuple(lo + grid))))
-    return out
+    return [to_model_grid(np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float32), cfg)
+            for p in sorted(Path(brains_dir).glob("*_T1w.nii.gz"))]
 
 
 def run_generation(out_dir: Path, brains_dir: Path, *, weights=None, n: int = 4, steps: int = 25, log=print) -> dict:

@@ -299,6 +299,7 @@ def embed_array(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None
     t_start = 500 if t_start is None else t_start
     gen = _generator(seed)
     div = model.divisor * model.downsample
+    region_np = ndimage.binary_dilation(mask, iterations=margin) if margin else mask  # what may change
     for box in crops.lesion_boxes(mask, 16, 1, 1):
         v = crops.extract(out, box)
         m = crops.extract(mask, box)
@@ -313,7 +314,6 @@ def embed_array(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None
         y = sampling.edit(model, y0, code, steps=steps, t_start=t_start, generator=gen, gamma0=gamma0, k=k,
                           lcg_map=soft_lesion_map(m_t), lam=lam, known=1 - region)
         res = model.decode_image(y)[0, 0].float().cpu().numpy()[tuple(slice(0, n) for n in v.shape)]
-        region_np = ndimage.binary_dilation(mask, iterations=margin) if margin else mask
         crops.paste(out, box, np.maximum(res, 0), region_np)
     return out
 

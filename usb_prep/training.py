@@ -158,24 +158,30 @@ class PatchSampler:
         return _flip_permute(rng, arrs)
 
 
+def to_model_grid(a: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """A 1 mm volume averaged to ``cfg.voxel_mm`` voxels and centred on ``cfg.grid`` (generation models)."""
+    f = int(round(cfg.voxel_mm))
+    grid = np.array(cfg.grid)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    pad = [(-s) % f for s in a.shape]
+    t = F.pad(t, [0, pad[2], 0, pad[1], 0, pad[0]])
+    c = F.avg_pool3d(t, f)[0, 0].numpy()
+    lo = (np.array(c.shape) - grid) // 2
+    return crops.extract(c, crops.Box(tuple(lo), tuple(lo + grid)))
+
+
 class GridSampler:
     """Whole brains on the model's coarse grid (generation models)."""
 
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
         self.cfg, self.mcfg = cfg, model_cfg
-        self.f = int(round(model_cfg.voxel_mm))
         self.grid = np.array(model_cfg.grid)
         self.brains = [(self._coarse(b["image"]), self._coarse(b["brain"].astype(np.float32)) > 0.5) for b in brains]
         self.bank = bank
         self.shape1 = brains[0]["image"].shape
 
     def _coarse(self, a: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-        pad = [(-s) % self.f for s in a.shape]
-        t = F.pad(t, [0, pad[2], 0, pad[1], 0, pad[0]])
-        c = F.avg_pool3d(t, self.f)[0, 0].numpy()
-        lo = (np.array(c.shape) - self.grid) // 2
-        return crops.extract(c, crops.Box(tuple(lo), tuple(lo + self.grid)))
+        return to_model_grid(a, self.mcfg)
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         from .data.synthesis import deform_mask, paint_lesion
