@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from usb_prep.data.splits import is_heldout_mask, list_masks
-from usb_prep.training import TrainConfig, train
+from usb_prep.training import PairedLoss, TrainConfig, _decay, train
 from usb_prep.weights import load_model
 
 torch.set_num_threads(1)
@@ -118,6 +118,36 @@ def test_train_from_init_weights(cohort, tmp_path):
     fresh = train(_cfg(cohort, tmp_path / "c", 1, lr=0.0, ema=1.0, seed=7), progress=False)
     other, _ = load_model(fresh, "fill")
     assert not all(torch.equal(x, y) for x, y in zip(init.state_dict().values(), other.state_dict().values()))
+
+
+def test_hole_margins_per_sample():
+    M = torch.zeros(3, 1, 9, 9, 9)
+    M[:, :, 4, 4, 4] = 1
+    h = PairedLoss.hole(M, torch.tensor([0, 1, 2]))
+    assert [int(h[i].sum()) for i in range(3)] == [1, 27, 125]
+    assert torch.equal(PairedLoss.hole(M, None), h[2:].expand(3, -1, -1, -1, -1))
+
+
+def test_lr_decay_schedule():
+    cfg = TrainConfig(iterations=100)
+    f = [_decay(i, cfg, 0.0) for i in range(0, 101, 10)]
+    assert f[0] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(f, f[1:]))
+    # a minutes budget ends the schedule early
+    assert _decay(10, TrainConfig(iterations=100, minutes=1.0), 60.0) == pytest.approx(0.1)
+
+
+def test_train_one_step_focus_margins_and_decay(cohort, tmp_path):
+    """p_tmax, random hole margins and lr decay: runs, is reproducible, and the lr ends decayed."""
+    kw = dict(p_tmax=1.0, p_fill=1.0, margins=(0, 1, 2), lr_decay=True, lr=1e-3)
+    train(_cfg(cohort, tmp_path / "a", 3, **kw), progress=False)
+    train(_cfg(cohort, tmp_path / "b", 3, **kw), progress=False)
+    la, lb = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    train(_cfg(cohort, tmp_path / "c", 3, p_fill=1.0, lr=1e-3), progress=False)  # the plain objective differs
+    assert [r["loss"] for r in la] != [r["loss"] for r in _log(tmp_path / "c")]
+    ck = torch.load(tmp_path / "a" / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert ck["opt"]["param_groups"][0]["lr"] < 1e-3
 
 
 def test_train_without_brains_fails_clearly(cohort, tmp_path):

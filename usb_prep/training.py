@@ -51,6 +51,9 @@ class TrainConfig:
     p_fill: float = 0.6  # context models: share of brain samples trained as "fill" (healthy target, hole)
     p_context: float = 0.5  # context models, paired samples: share that also get context
     known_weight: float = 0.1  # loss weight of known (context) voxels relative to the hole
+    margins: tuple[int, ...] = (2,)  # hole = lesion dilated by one of these (voxels), drawn per sample
+    p_tmax: float = 0.0  # share of fill samples trained at the last timestep, where one-step filling starts
+    lr_decay: bool = False  # cosine decay to lr/10 over the budget (iterations or minutes, whichever ends first)
     contrast: str = "T1w"
     min_ml: float = 0.1
     max_ml: float = 150.0
@@ -265,11 +268,23 @@ class PairedLoss(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, batch: dict[str, torch.Tensor], t: torch.Tensor, noise_x, noise_y, modes):
+    @staticmethod
+    def hole(M: torch.Tensor, margins: torch.Tensor | None) -> torch.Tensor:
+        """The lesion dilated by a per-sample margin (voxels; None: 2).  Wide margins cover painted
+        edges beyond the mask; a zero margin lets thin lesions use their direct neighbours."""
+        if margins is None:
+            return F.max_pool3d(M, 5, stride=1, padding=2)
+        out = torch.empty_like(M)
+        for r in margins.unique().tolist():
+            sel = margins == r
+            out[sel] = F.max_pool3d(M[sel], 2 * r + 1, stride=1, padding=r) if r > 0 else M[sel]
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor], t: torch.Tensor, noise_x, noise_y, modes, margins=None):
         model, sch = self.model, self.model.schedule
         M = batch["mask"]
         x0 = model.encode_mask(M)
-        hole = F.max_pool3d(M, 5, stride=1, padding=2)  # the lesion dilated by 2 voxels
+        hole = self.hole(M, margins)
         # the brain target: pathological image (paired) or healthy (fill)
         fill = modes == 1
         ctx_on = modes >= 1
@@ -303,6 +318,13 @@ class PairedLoss(nn.Module):
 
 
 # --- loop ------------------------------------------------------------------------
+def _decay(it: int, cfg: TrainConfig, elapsed: float) -> float:
+    """Cosine factor from 1 to 0.1 over the run's budget (iterations, or minutes when that ends first)."""
+    frac = it / max(cfg.iterations, 1)
+    if cfg.minutes:
+        frac = max(frac, elapsed / (cfg.minutes * 60))
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
 def _dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -379,12 +401,22 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
             modes = torch.where(u < cfg.p_fill, 1, torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.p_context, 2, 0))
         else:
             modes = torch.zeros(cfg.batch_size, dtype=torch.long)
+        if cfg.p_tmax > 0:  # the one-step fill is the estimate at t = T-1: train it directly
+            at_max = (modes == 1) & (torch.rand(cfg.batch_size, generator=gen) < cfg.p_tmax)
+            t = torch.where(at_max.to(device), torch.full_like(t, T - 1), t)
         modes = modes.to(device)
+        if cfg.lr_decay:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _decay(it, cfg, time.time() - t0)
         shape = batch["mask"].shape
         noise_x = torch.randn(shape, generator=gen).to(device)
         noise_y = torch.randn(shape, generator=gen).to(device)
         model.train()
-        loss, parts = runner(batch, t, noise_x, noise_y, modes)
+        margins = None
+        if tuple(cfg.margins) != (2,):
+            pick = torch.randint(0, len(cfg.margins), (cfg.batch_size,), generator=gen)
+            margins = torch.tensor(cfg.margins, dtype=torch.long)[pick].to(device)
+        loss, parts = runner(batch, t, noise_x, noise_y, modes, margins)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -39,8 +39,9 @@ def main(config_file, quiet, **opts):
 
     fields = json.loads(Path(config_file).read_text()) if config_file else {}
     fields.update({k: v for k, v in opts.items() if v is not None})
-    if "exclude_brains" in fields:
-        fields["exclude_brains"] = tuple(fields["exclude_brains"])
+    for key in ("exclude_brains", "margins"):  # JSON lists -> the dataclass's tuples
+        if key in fields:
+            fields[key] = tuple(fields[key])
     cfg = TrainConfig(**fields)
     if not cfg.brains or not cfg.masks:
         raise click.UsageError("--brains and --masks are required (or in --config)")
