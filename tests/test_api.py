@@ -241,3 +241,19 @@ def test_ring_bias_measures_the_prediction_offset_in_the_ring():
     np.testing.assert_allclose(field[mask], 0.15, atol=1e-5)
     assert np.all(field[~mask] == 0)
     assert not _ring_bias(truth, pred, np.zeros_like(mask), margin=2).any()
+
+
+def test_ring_bias_follows_local_offsets_of_thin_lesions():
+    """Fine scales carry each side's own offset into a thin lesion; margin 0 uses the first known layer."""
+    import numpy as np
+
+    from usb_prep.api import _ring_bias
+
+    truth = np.full((40, 20, 20), 0.9, np.float32)
+    pred = truth.copy()
+    pred[:20] -= 0.2  # too dark on one side, right on the other
+    mask = np.zeros(truth.shape, bool)
+    mask[4:36, 9:11, 9:11] = True  # a thin, long lesion
+    field = _ring_bias(truth, pred, mask, margin=0)
+    assert field[6, 9, 9] > 0.15 and abs(field[33, 9, 9]) < 0.05
+    assert np.all(field[~mask] == 0)

@@ -137,3 +137,51 @@ def test_detect_lesion(model, case):
     _finite(x, (1, 1, *SHAPE))
     soft = model.decode_mask(x)
     assert soft.min() >= 0 and soft.max() <= 1
+
+
+def test_windowed_blend_is_exact_for_local_ops_and_skips_outside_where():
+    from usb_prep.model import _starts, windowed
+
+    assert _starts(32, 32) == [0] and _starts(20, 32) == [0]
+    s = _starts(70, 32)
+    assert s[0] == 0 and s[-1] == 38 and max(b - a for a, b in zip(s, s[1:])) <= 16
+    a = torch.randn(1, 1, 40, 24, 70)
+    b = torch.randn(1, 2, 40, 24, 70)
+    seen = []
+
+    def fn(x, y):
+        seen.append(tuple(x.shape[2:]))
+        return x * 2 + y[:, :1]
+
+    out = windowed(fn, a, b, 32)
+    assert torch.allclose(out, a * 2 + b[:, :1], atol=1e-5)
+    assert all(sh == (32, 24, 32) for sh in seen)
+    where = torch.zeros(1, 1, 40, 24, 70)
+    where[..., 0:3, :, 0:3] = 1
+    seen.clear()
+    out = windowed(fn, a, b, 32, where)
+    assert len(seen) == 1
+    assert torch.allclose(out[..., :32, :, :32], (a * 2 + b[:, :1])[..., :32, :, :32], atol=1e-5)
+    assert torch.all(out[..., 32:, :, :] == 0) and torch.all(out[..., :, :, 32:] == 0)
+
+
+def test_model_window_matches_training_patch_inputs():
+    """With cfg.window, a large input runs as window-sized calls; a window-sized one as one call."""
+    from usb_prep.config import preset
+    from usb_prep.model import USBModel
+
+    torch.manual_seed(0)
+    m = USBModel(preset("tiny", window=16), precision="fp32").eval()
+    calls = []
+    m.brain_net.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape[2:])))
+    cond = m.brain_cond(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16),
+                        torch.ones(1, 1, 16, 16, 16), None)
+    y = torch.randn(1, 1, 16, 16, 16)
+    t = torch.full((1,), 10)
+    with torch.no_grad():
+        one = m.brain_out(y, cond, t)
+        assert calls == [(16, 16, 16)]
+        big = m.brain_out(y.repeat(1, 1, 2, 1, 1), cond.repeat(1, 1, 2, 1, 1), t)
+    assert calls[1:] == [(16, 16, 16)] * 3  # starts 0, 8, 16 along the long axis
+    assert big.shape == (1, 1, 32, 16, 16)
+    assert torch.allclose(big[:, :, :4], one[:, :, :4], atol=1e-5)  # covered by the first window only

@@ -102,7 +102,7 @@ def fill_array(
     voxel_size=(1.0, 1.0, 1.0),
     device="auto",
     context: int = 16,
-    margin: int = 2,
+    margin: int | None = None,
     acg_region: str = "ring",
     target: str = "noised",
     progress: bool = False,
@@ -119,6 +119,7 @@ def fill_array(
     if model is None:
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
+    margin = cfg.default_margin if margin is None else margin
     if cfg.grid is not None:
         return _fill_on_grid(model, image, mask, steps=steps, t_start=t_start, seed=seed, voxel_size=voxel_size,
                              device=dev, margin=margin, acg_region=acg_region, target=target, progress=progress)
@@ -184,22 +185,27 @@ def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target
     return v_out[tuple(slice(0, n) for n in v.shape)]
 
 
-def _ring_bias(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, margin: int, sigma: float = 4.0) -> np.ndarray:
-    """Bias of the model's own prediction in the ring around the lesion, extended inwards.
+def _ring_bias(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, margin: int,
+               sigmas=(8.0, 4.0, 2.0, 1.0)) -> np.ndarray:
+    """The model's own error around the lesion, carried inwards (residual interpolation).
 
-    The ring (mask dilated by ``margin``, minus the mask) is part of the hole the network fills
-    but its true values are known: ``truth - pred`` there measures the fill's local intensity
-    bias.  Normalised Gaussian smoothing carries it into the lesion (global mean where the ring
-    is far away).
+    The ring is the mask dilated by ``max(margin, 1)``, minus the mask: voxels whose true values
+    are known and that the network predicted (inside the hole when ``margin`` > 0, its first known
+    layer otherwise).  ``truth - pred`` there is interpolated into the lesion by normalised
+    Gaussian smoothing, coarse to fine: fine scales where the ring is near (thin lesions, edges),
+    coarse ones deep inside big lesions, the ring's mean where it is far away.
     """
     ring = ndimage.binary_dilation(mask, iterations=max(margin, 1)) & ~mask
     if not ring.any():
         return np.zeros_like(pred)
     res = np.where(ring, truth - pred, 0.0)
-    num = ndimage.gaussian_filter(res, sigma)
-    den = ndimage.gaussian_filter(ring.astype(np.float32), sigma)
-    mean = float(res[ring].mean())
-    field = np.where(den > 1e-3, num / np.maximum(den, 1e-3), mean)
+    field = np.full(pred.shape, float(res[ring].mean()), np.float32)
+    r = ring.astype(np.float32)
+    for sigma in sigmas:
+        num = ndimage.gaussian_filter(res, sigma)
+        den = ndimage.gaussian_filter(r, sigma)
+        alpha = np.clip(den / 0.2, 0.0, 1.0)  # trust a scale where enough ring lies within it
+        field = alpha * (num / np.maximum(den, 1e-6)) + (1 - alpha) * field
     return np.where(mask, field, 0.0).astype(np.float32)
 
 

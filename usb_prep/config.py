@@ -77,6 +77,8 @@ class ModelConfig:
     # sampling defaults
     default_steps: int = 20
     default_t_start: int = 1023
+    window: int | None = None  # patch models: run USB_brain in windows of this edge (the training patch)
+    default_margin: int = 2  # known-mask filling: the hole is the mask dilated by this (voxels)
     gamma0: float = 20.0
     k: float = 0.5
     lam: float = 1.0

@@ -131,15 +131,49 @@ class USBModel(nn.Module):
         with self._autocast(x_t):
             return self.lesion_net(x_t, y_t, t).float()
 
-    def brain_out(self, y_t, cond, t):
-        """Raw USB_brain output (eps or v, per ``cfg.prediction``)."""
-        with self._autocast(y_t):
-            return self.brain_net(y_t, cond, t).float()
+    def brain_out(self, y_t, cond, t, where: torch.Tensor | None = None):
+        """Raw USB_brain output (eps or v, per ``cfg.prediction``).
+
+        With ``cfg.window`` set, inputs larger than it run in overlapping windows of the
+        training patch size (GroupNorm statistics and context then match training); only
+        windows touching ``where`` (N=1, 1, ...; e.g. the hole) are computed, zeros elsewhere.
+        """
+        w = self.cfg.window
+        if w is None or all(s <= w for s in y_t.shape[2:]):
+            with self._autocast(y_t):
+                return self.brain_net(y_t, cond, t).float()
+        return windowed(lambda a, b: self.brain_out(a, b, t), y_t, cond, w, where)
 
     def predict_lesion(self, x_t, y_t, t):
         """``(eps_hat, x0_hat)`` of the lesion chain."""
         return self.schedule.split(self.lesion_out(x_t, y_t, t), x_t, t, self.cfg.prediction)
 
-    def predict_brain(self, y_t, cond, t):
+    def predict_brain(self, y_t, cond, t, where: torch.Tensor | None = None):
         """``(eps_hat, y0_hat)`` of the brain chain."""
-        return self.schedule.split(self.brain_out(y_t, cond, t), y_t, t, self.cfg.prediction)
+        return self.schedule.split(self.brain_out(y_t, cond, t, where), y_t, t, self.cfg.prediction)
+
+
+def _starts(size: int, w: int) -> list[int]:
+    if size <= w:
+        return [0]
+    n = -(-(size - w) // (w // 2)) + 1  # stride <= w / 2
+    return sorted({round(i * (size - w) / (n - 1)) for i in range(n)})
+
+
+def windowed(fn, a: torch.Tensor, b: torch.Tensor, w: int, where: torch.Tensor | None = None) -> torch.Tensor:
+    """``fn(a_win, b_win)`` over overlapping ``w``-cubes, blended with tent weights."""
+    sizes = a.shape[2:]
+    wins = [min(w, s) for s in sizes]
+    ramp = [1.0 - 0.9 * torch.linspace(-1, 1, n, device=a.device).abs() for n in wins]
+    weight = ramp[0][:, None, None] * ramp[1][None, :, None] * ramp[2][None, None, :]
+    out = torch.zeros((a.shape[0], 1, *sizes), device=a.device)
+    norm = torch.zeros((1, 1, *sizes), device=a.device)
+    for i in _starts(sizes[0], w):
+        for j in _starts(sizes[1], w):
+            for k in _starts(sizes[2], w):
+                sl = (slice(None), slice(None), slice(i, i + wins[0]), slice(j, j + wins[1]), slice(k, k + wins[2]))
+                if where is not None and not bool(where[sl].any()):
+                    continue
+                out[sl] += fn(a[sl], b[sl]) * weight
+                norm[sl] += weight
+    return out / norm.clamp(min=1e-6)

@@ -137,7 +137,7 @@ def edit_progressive(
     n = len(pairs)
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y.device)
-        eps, y0_hat = model.predict_brain(y, cond, tt)
+        eps, y0_hat = model.predict_brain(y, cond, tt, where=None if known is None else 1 - known)
         y0_pred = y0_hat
         y_prev = sch.step_from(eps, y0_hat, tp)
         if acg:

@@ -52,6 +52,7 @@ class TrainConfig:
     p_context: float = 0.5  # context models, paired samples: share that also get context
     known_weight: float = 0.1  # loss weight of known (context) voxels relative to the hole
     margins: tuple[int, ...] = (2,)  # hole = lesion dilated by one of these (voxels), drawn per sample
+    healthy_context: bool = False  # fill samples see healthy context: the mask covers the whole lesion
     p_tmax: float = 0.0  # share of fill samples trained at the last timestep, where one-step filling starts
     lr_decay: bool = False  # cosine decay to lr/10 over the budget (iterations or minutes, whichever ends first)
     contrast: str = "T1w"
@@ -308,7 +309,10 @@ class PairedLoss(nn.Module):
         if model.cfg.context:
             known = (1 - hole) * ctx_on[:, None, None, None, None].float()
             mirror = batch["mirror"] * ctx_on[:, None, None, None, None].float() if model.cfg.mirror else None
-            cond = model.brain_cond(lesion_cond, y_patho, known, mirror)
+            context = y_patho
+            if self.cfg.healthy_context:  # fill samples: the lesion, painted edges included, lies in the hole
+                context = torch.where(fill[:, None, None, None, None], model.encode_image(batch["healthy"]), y_patho)
+            cond = model.brain_cond(lesion_cond, context, known, mirror)
             weight = torch.where(known > 0, torch.full_like(known, self.cfg.known_weight), weight)
         else:
             cond = model.brain_cond(lesion_cond)
@@ -319,11 +323,13 @@ class PairedLoss(nn.Module):
 
 # --- loop ------------------------------------------------------------------------
 def _decay(it: int, cfg: TrainConfig, elapsed: float) -> float:
-    """Cosine factor from 1 to 0.1 over the run's budget (iterations, or minutes when that ends first)."""
+    """Cosine factor from 1 to 0.1 over the run's budget (iterations, or minutes when that ends first),
+    after a 100-iteration warm-up (a fresh optimiser on pretrained weights)."""
+    warm = min(1.0, (it + 1) / 100)
     frac = it / max(cfg.iterations, 1)
     if cfg.minutes:
         frac = max(frac, elapsed / (cfg.minutes * 60))
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 def _dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -419,7 +425,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         loss, parts = runner(batch, t, noise_x, noise_y, modes, margins)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for net in (model.lesion_net, model.brain_net):  # separately: one net's spikes do not stall the other
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             d = min(cfg.ema, (1 + it) / (10 + it))
@@ -462,7 +469,10 @@ def export(ema: USBModel, folder: Path, cfg: TrainConfig, it: int, role: str | N
     from .weights import save_model
 
     summary = {**{k: v for k, v in cfg.to_dict().items() if k not in ("out",)}, "iterations_done": it}
-    m = USBModel(ema.cfg.replace(training=summary))
+    changes = {"training": summary}
+    if ema.cfg.grid is None:  # patch models see inputs of their training patch size at inference
+        changes["window"] = cfg.patch
+    m = USBModel(ema.cfg.replace(**changes))
     m.load_state_dict(ema.state_dict())
     role = role or ("generate" if ema.cfg.grid is not None else "fill")
     return save_model(folder, {role: m})
