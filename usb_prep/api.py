@@ -108,12 +108,15 @@ def fill_array(
     progress: bool = False,
     affine: np.ndarray | None = None,
     calibrate: bool = True,
+    samples: int | None = None,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
     Works crop by crop around each lesion at the model's voxel size; voxels
     outside ``mask`` are returned unchanged.  ``affine`` tells which voxel
     axis is left-right (for the mirror prior); without it axis 0 is assumed.
+    ``steps``, ``margin`` and ``samples`` (fills averaged) default to the
+    model's config (``default_*``, chosen by the benchmark for shipped weights).
     """
     dev = resolve_device(device)
     if model is None:
@@ -124,6 +127,7 @@ def fill_array(
         return _fill_on_grid(model, image, mask, steps=steps, t_start=t_start, seed=seed, voxel_size=voxel_size,
                              device=dev, margin=margin, acg_region=acg_region, target=target, progress=progress)
     steps = steps or cfg.default_steps
+    samples = max(1, int(samples or cfg.default_samples))
     out = np.array(image, dtype=np.float32, copy=True)
     mask = np.asarray(mask, bool)
     if not mask.any():
@@ -135,7 +139,7 @@ def fill_array(
     mirrored = mirror_lr(out, affine, exclude=mask) if cfg.mirror else None
     hi = float(out[~mask].max()) if (~mask).any() else 1.0  # fills stay within the image's own range
     gen = _generator(seed)
-    bar = _progress(len(boxes) * steps, progress, "filling")
+    bar = _progress(len(boxes) * steps * samples, progress, "filling")
     for box in boxes:
         v = crops.extract(out, box)
         m = crops.extract(mask, box)
@@ -147,7 +151,7 @@ def fill_array(
         else:
             v_m, m_m = v, m
         filled = _fill_crop(model, v_m, m_m, steps, t_start, gen, dev, margin, acg_region, target, bar, mi,
-                            calibrate)
+                            calibrate, samples)
         if needs_zoom:
             filled = _zoom_to(filled, v.shape, 1)
         crops.paste(out, box, np.clip(filled, 0.0, hi), mask)
@@ -163,13 +167,33 @@ def _pad_to(arr: np.ndarray, divisor: int, min_size: int = 0):
 
 
 def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target, bar, mirrored=None,
-               calibrate=True):
+               calibrate=True, samples=1):
+    """Fill one crop; ``samples`` > 1 averages that many fills, each under its own flip of the
+    axes (patch models are trained orientation-free) and its own noise: a posterior-mean estimate."""
     div = model.divisor * model.downsample
     vp = _pad_to(v.astype(np.float32), div, 2 * div)
     mp = _pad_to(m, div, 2 * div)
-    mir = None
-    if mirrored is not None and model.cfg.mirror:
-        mir = torch.from_numpy(_pad_to(mirrored.astype(np.float32), div, 2 * div))[None, None].to(dev)
+    mirp = _pad_to(mirrored.astype(np.float32), div, 2 * div) if mirrored is not None and model.cfg.mirror else None
+    flips = [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)] if model.cfg.grid is None else [()]
+    acc_y, acc_pred = 0.0, 0.0
+    for i in range(samples):
+        ax = flips[i % len(flips)]
+
+        def f(a):
+            return None if a is None else np.ascontiguousarray(np.flip(a, ax) if ax else a)
+
+        y_out, pred = _fill_once(model, f(vp), f(mp), f(mirp), steps, t_start, gen, dev, margin, acg_region, target,
+                                 bar)
+        acc_y, acc_pred = acc_y + f(y_out), acc_pred + f(pred)
+    v_out, pred = acc_y / samples, acc_pred / samples
+    if calibrate and model.autoencoder is None:
+        v_out = v_out + _ring_bias(vp, pred, mp, margin)
+    return v_out[tuple(slice(0, n) for n in v.shape)]
+
+
+def _fill_once(model, vp, mp, mirp, steps, t_start, gen, dev, margin, acg_region, target, bar):
+    """One fill of a padded crop: (filled image, the last step's own prediction), numpy."""
+    mir = None if mirp is None else torch.from_numpy(mirp)[None, None].to(dev)
     y0 = model.encode_image(torch.from_numpy(vp)[None, None].to(dev))
     m_t = torch.from_numpy(mp)[None, None].float().to(dev)
     if model.downsample > 1:
@@ -178,11 +202,10 @@ def _fill_crop(model, v, m, steps, t_start, gen, dev, margin, acg_region, target
                                        acg_region=acg_region, target=target, mirror=mir):
         if bar is not None:
             bar.update(1)
-    y = s.y
-    v_out = model.decode_image(y)[0, 0].float().cpu().numpy()
-    if calibrate and model.autoencoder is None:
-        v_out = v_out + _ring_bias(vp, model.decode_image(s.y0_pred)[0, 0].float().cpu().numpy(), mp, margin)
-    return v_out[tuple(slice(0, n) for n in v.shape)]
+    def np_(y):
+        return model.decode_image(y)[0, 0].float().cpu().numpy()
+
+    return np_(s.y), np_(s.y0_pred)
 
 
 def _ring_bias(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, margin: int,
@@ -418,6 +441,10 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             dev = resolve_device(device)
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
+            if m is not None:
+                kw = {k: v for k, v in kw.items() if v is not None}
+                settings.update(margin=kw.get("margin", model.cfg.default_margin),
+                                samples=kw.get("samples", model.cfg.default_samples))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,
                                        progress=progress, affine=img.affine)

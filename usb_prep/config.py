@@ -79,6 +79,7 @@ class ModelConfig:
     default_t_start: int = 1023
     window: int | None = None  # patch models: run USB_brain in windows of this edge (the training patch)
     default_margin: int = 2  # known-mask filling: the hole is the mask dilated by this (voxels)
+    default_samples: int = 1  # known-mask filling: average of this many fills (flips and noise differ)
     gamma0: float = 20.0
     k: float = 0.5
     lam: float = 1.0

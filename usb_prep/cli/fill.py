@@ -60,6 +60,9 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
               help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like).")
 @_steps
 @click.option("--t-start", type=int, default=None, help="Diffusion step to start editing from (default: the model's).")
+@click.option("--margin", type=int, default=None,
+              help="Voxels around the mask also hidden from the model (default: the model's; use 1-2 for tight masks).")
+@click.option("--samples", type=int, default=None, help="Average of this many fills (default: the model's).")
 @_seed
 @_device
 @_weights
@@ -72,8 +75,8 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, steps, t_start, seed, device, weights, threads, resample_mask, mask_kind,
-         overwrite, quiet, demo_dir, verbose):
+def main(image, mask, output, method, steps, t_start, margin, samples, seed, device, weights, threads, resample_mask,
+         mask_kind, overwrite, quiet, demo_dir, verbose):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -98,7 +101,7 @@ def main(image, mask, output, method, steps, t_start, seed, device, weights, thr
         out = check_output(output, overwrite=overwrite)  # fail before any work
         res = fill_lesion(image, mask, weights=weights, steps=steps, t_start=t_start, seed=seed, device=device,
                           method=method, resample_mask=resample_mask, progress=not quiet, num_threads=threads,
-                          mask_kind=mask_kind)
+                          mask_kind=mask_kind, margin=margin, samples=samples)
         _write(res, out, overwrite, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)
