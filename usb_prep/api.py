@@ -202,10 +202,7 @@ def _fill_once(model, vp, mp, mirp, steps, t_start, gen, dev, margin, acg_region
                                        acg_region=acg_region, target=target, mirror=mir):
         if bar is not None:
             bar.update(1)
-    def np_(y):
-        return model.decode_image(y)[0, 0].float().cpu().numpy()
-
-    return np_(s.y), np_(s.y0_pred)
+    return tuple(model.decode_image(y)[0, 0].float().cpu().numpy() for y in (s.y, s.y0_pred))
 
 
 def _ring_bias(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray, margin: int,

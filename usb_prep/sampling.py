@@ -133,11 +133,12 @@ def edit_progressive(
     noise = randn(y0.shape, generator, like=y0)
     y = sch.add_noise(y0, noise, t_start)
     cond = model.brain_cond(lesion_code, y0, known, mirror)
+    hole = None if known is None else 1 - known  # where windowed models must predict
     pairs = step_pairs(sch.timesteps(steps, t_start))
     n = len(pairs)
     for i, (t, tp) in enumerate(pairs):
         tt = torch.full((1,), t, device=y.device)
-        eps, y0_hat = model.predict_brain(y, cond, tt, where=None if known is None else 1 - known)
+        eps, y0_hat = model.predict_brain(y, cond, tt, where=hole)
         y0_pred = y0_hat
         y_prev = sch.step_from(eps, y0_hat, tp)
         if acg:

@@ -274,7 +274,7 @@ class PairedLoss(nn.Module):
         """The lesion dilated by a per-sample margin (voxels; None: 2).  Wide margins cover painted
         edges beyond the mask; a zero margin lets thin lesions use their direct neighbours."""
         if margins is None:
-            return F.max_pool3d(M, 5, stride=1, padding=2)
+            margins = torch.full((M.shape[0],), 2, device=M.device)
         out = torch.empty_like(M)
         for r in margins.unique().tolist():
             sel = margins == r
@@ -311,7 +311,7 @@ class PairedLoss(nn.Module):
             mirror = batch["mirror"] * ctx_on[:, None, None, None, None].float() if model.cfg.mirror else None
             context = y_patho
             if self.cfg.healthy_context:  # fill samples: the lesion, painted edges included, lies in the hole
-                context = torch.where(fill[:, None, None, None, None], model.encode_image(batch["healthy"]), y_patho)
+                context = torch.where(fill[:, None, None, None, None], y0, y_patho)  # y0: the healthy target
             cond = model.brain_cond(lesion_cond, context, known, mirror)
             weight = torch.where(known > 0, torch.full_like(known, self.cfg.known_weight), weight)
         else:
@@ -418,10 +418,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         noise_x = torch.randn(shape, generator=gen).to(device)
         noise_y = torch.randn(shape, generator=gen).to(device)
         model.train()
-        margins = None
-        if tuple(cfg.margins) != (2,):
-            pick = torch.randint(0, len(cfg.margins), (cfg.batch_size,), generator=gen)
-            margins = torch.tensor(cfg.margins, dtype=torch.long)[pick].to(device)
+        margins = torch.tensor(cfg.margins, dtype=torch.long)
+        if len(margins) > 1:  # a single margin draws nothing: the random stream of older configs is kept
+            margins = margins[torch.randint(0, len(margins), (cfg.batch_size,), generator=gen)]
+        margins = margins.expand(cfg.batch_size).to(device)
         loss, parts = runner(batch, t, noise_x, noise_y, modes, margins)
         opt.zero_grad(set_to_none=True)
         loss.backward()
