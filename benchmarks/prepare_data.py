@@ -6,7 +6,8 @@ Usage::
 
 Writes ``{name}_T1w.nii.gz`` and ``{name}_brainmask.nii.gz`` for each brain, and
 a mid-slice PNG per brain under ``OUT/png/`` for visual checks. ``otsu_head`` is
-the held-out brain (see ``usb_prep.data.splits.HELDOUT_BRAINS``).
+the held-out brain (see ``usb_prep.data.splits.HELDOUT_BRAINS``). Patients (``PATIENTS``)
+also get ``{name}_lesionmask.nii.gz``; training uses only their healthy tissue.
 """
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ COHORT = [
     ("colin27", "colin27_head.nii.gz", False),
     ("allineate_T1w_2mm_head", "allineate_T1w_2mm_head.nii.gz", False),
     ("allineate_bench_T1_2mm_head", "allineate_bench_T1_2mm_head.nii.gz", False),
+]
+
+# Patients whose healthy tissue adds anatomy: (name, file, skull_stripped, lesion mask), under --patients.
+# Training keeps synthetic lesions and the loss off their lesions. ms07 stays out: the benchmark's real patient.
+PATIENTS = [
+    ("brats_gli_00001", "brats_gli_00001/t1n.nii.gz", True, "brats_gli_00001/inpainting_mask.nii.gz"),
 ]
 
 
@@ -87,6 +94,7 @@ def save_pngs(out_dir: Path, names: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/healthy"))
+    ap.add_argument("--patients", type=Path, default=Path("/work/shared/data/patients"))
     ap.add_argument("--out", type=Path, default=Path("/work/cache/brains"))
     ap.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
     args = ap.parse_args()
@@ -94,12 +102,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     entries = [(n, args.data / f, s) for n, f, s in COHORT]
-    for n, p, s in entries:
+    entries += [(n, args.patients / f, s, args.patients / les) for n, f, s, les in PATIENTS]
+    for entry in entries:
         t = time.time()
-        prepare_cohort([(n, p, s)], args.out, n4=not args.no_n4)
-        logging.info("%s done in %.0f s", n, time.time() - t)
+        prepare_cohort([entry], args.out, n4=not args.no_n4)
+        logging.info("%s done in %.0f s", entry[0], time.time() - t)
     write_mni152(args.out)
-    names = [n for n, _, _ in COHORT] + ["mni152"]
+    names = [e[0] for e in entries] + ["mni152"]
     save_pngs(args.out, names)
     logging.info("cohort ready in %s (%.0f s)", args.out, time.time() - t0)
 

@@ -227,6 +227,29 @@ def test_fill_array_keeps_outside_exactly():
     assert not np.array_equal(out[m], v[m])
 
 
+def test_patch_weight_averages_model_and_classical_fills():
+    """patch_weight w: (1 - w) model fill + w patch fill in the mask; w = 1 is the patch filler itself."""
+    from conftest import phantom
+
+    from usb_prep.classical import fill_patch
+    from usb_prep.config import preset
+    from usb_prep.model import USBModel
+
+    torch.manual_seed(0)
+    model = USBModel(preset("tiny")).eval()
+    img, les, _, aff = phantom()
+    v, m = (img / img.max()).astype(np.float32), les.astype(bool)
+    kw = dict(model=model, steps=STEPS, device="cpu", affine=aff, seed=3)
+    alone = api.fill_array(v, m, patch_weight=0.0, **kw)
+    classic = fill_patch(v, m, np.random.default_rng(3), brain=v > 0)
+    assert np.allclose(api.fill_array(v, m, patch_weight=1.0, **kw)[m], classic[m], atol=1e-6)
+    half = api.fill_array(v, m, patch_weight=0.5, **kw)
+    assert np.allclose(half[m], 0.5 * alone[m] + 0.5 * classic[m], atol=1e-6)
+    assert np.array_equal(half[~m], v[~m])
+    assert not np.allclose(alone[m], classic[m])
+    assert api.fill_settings(model.cfg)["patch_weight"] == model.cfg.default_patch_weight == 0.0
+
+
 def test_ring_bias_measures_the_prediction_offset_in_the_ring():
     """The calibration field inside the lesion equals the model's offset seen in the known ring."""
     import numpy as np

@@ -175,3 +175,60 @@ def test_ddp_torchrun_two_processes(cohort, tmp_path):
     assert model.cfg.training["iterations"] == 2
     ck = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
     assert ck["iteration"] == 2
+
+
+def test_patient_brain_lesions_are_avoided_and_warps_keep_shapes(cohort, tmp_path):
+    """A brain with NAME_lesionmask: synthetic holes stay off its lesion, which is marked invalid."""
+    from usb_prep.config import preset
+    from usb_prep.training import PatchSampler, load_bank, load_brains
+
+    brains_dir, masks = cohort
+    folder = tmp_path / "brains"
+    folder.mkdir()
+    for suffix in ("T1w", "brainmask"):
+        src = brains_dir / f"alpha_{suffix}.nii.gz"
+        (folder / f"pat_{suffix}.nii.gz").write_bytes(src.read_bytes())
+    lesion = _ball((15.5, 15.5, 15.5), 9)  # most of the brain: synthetic lesions overlap it often
+    nib.Nifti1Image(lesion.astype(np.uint8), _affine()).to_filename(str(folder / "pat_lesionmask.nii.gz"))
+    cfg = _cfg((folder, masks), tmp_path / "o", 1, p_spatial=1.0, p_empty=0.0)
+    brains = load_brains(folder)
+    assert brains[0]["lesion"].sum() == lesion.sum()
+    sampler = PatchSampler(brains, load_bank(cfg, (N, N, N), _affine()), cfg, preset("tiny"))
+    rng = np.random.default_rng(0)
+    seen_invalid = seen_mask = 0
+    for _ in range(20):
+        s = sampler.sample(rng)
+        assert set(s) == {"healthy", "patho", "mask", "mirror", "valid"}
+        assert all(v.shape == (16, 16, 16) for v in s.values())
+        assert not np.any((s["mask"] > 0) & (s["valid"] == 0))
+        seen_invalid += int((s["valid"] == 0).any())
+        seen_mask += int(s["mask"].any())
+    assert seen_invalid and seen_mask
+    from usb_prep.training import GridSampler
+
+    gcfg = preset("tiny", grid=(8, 8, 8), voxel_mm=4.0, context=False, mirror=False)
+    with pytest.raises(RuntimeError, match="without lesions"):  # whole brains: patients are skipped
+        GridSampler(brains, [], cfg, gcfg)
+
+
+def test_loss_ignores_invalid_voxels():
+    """Voxels where ``valid`` is 0 (real lesions of patient brains) carry no loss, lesion or brain."""
+    from usb_prep.config import preset
+    from usb_prep.model import USBModel
+
+    torch.manual_seed(0)
+    loss = PairedLoss(USBModel(preset("tiny")), TrainConfig(preset="tiny"))
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 1, 16, 16, 16)
+    batch = {k: torch.rand(shape, generator=g) for k in ("healthy", "patho", "mirror")}
+    batch["mask"] = (torch.rand(shape, generator=g) > 0.8).float()
+    args = (torch.tensor([5, 900]), torch.randn(shape, generator=g), torch.randn(shape, generator=g),
+            torch.tensor([1, 0]))
+    total, parts = loss(dict(batch, valid=torch.ones(shape)), *args)
+    assert parts["lesion"] > 0 and parts["brain"] > 0
+    assert torch.allclose(total, loss(batch, *args)[0])  # all valid == no mask given
+    half = torch.ones(shape)
+    half[..., :8] = 0
+    assert not torch.allclose(total, loss(dict(batch, valid=half), *args)[0])
+    none, parts = loss(dict(batch, valid=torch.zeros(shape)), *args)
+    assert none.item() == 0 and parts["lesion"].item() == 0 and parts["brain"].item() == 0

@@ -109,27 +109,55 @@ def fill_array(
     affine: np.ndarray | None = None,
     calibrate: bool = True,
     samples: int | None = None,
+    patch_weight: float | None = None,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
     Works crop by crop around each lesion at the model's voxel size; voxels
     outside ``mask`` are returned unchanged.  ``affine`` tells which voxel
     axis is left-right (for the mirror prior); without it axis 0 is assumed.
-    ``steps``, ``margin`` and ``samples`` (fills averaged) default to the
-    model's config (``default_*``, chosen by the benchmark for shipped weights).
+    ``steps``, ``margin``, ``samples`` (fills averaged) and ``patch_weight``
+    (share of the classical patch fill averaged in: texture copied from the
+    image itself, complementary to the model's mean estimate) default to the
+    model's config (see :func:`fill_settings`).
     """
     dev = resolve_device(device)
     if model is None:
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
-    margin = cfg.default_margin if margin is None else margin
-    if cfg.grid is not None:
-        return _fill_on_grid(model, image, mask, steps=steps, t_start=t_start, seed=seed, voxel_size=voxel_size,
-                             device=dev, margin=margin, acg_region=acg_region, target=target, progress=progress)
-    steps = steps or cfg.default_steps
-    samples = max(1, int(samples or cfg.default_samples))
-    out = np.array(image, dtype=np.float32, copy=True)
+    opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight)
+    steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
+    if cfg.grid is not None:
+        out = _fill_on_grid(model, image, mask, steps=steps, t_start=t_start, seed=seed, voxel_size=voxel_size,
+                            device=dev, margin=margin, acg_region=acg_region, target=target, progress=progress)
+    else:
+        out = _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region,
+                            target, progress, affine, calibrate, samples)
+    if opts["patch_weight"] > 0 and mask.any():
+        from .classical import fill_patch
+
+        w = opts["patch_weight"]
+        classic = fill_patch(np.asarray(image, np.float32), mask, np.random.default_rng(seed), brain=image > 0)
+        out[mask] = (1 - w) * out[mask] + w * classic[mask]
+    return out
+
+
+def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None) -> dict:
+    """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
+    return {
+        "steps": steps or cfg.default_steps,
+        "margin": cfg.default_margin if margin is None else int(margin),
+        "samples": max(1, int(samples or cfg.default_samples)),
+        "patch_weight": float(cfg.default_patch_weight if patch_weight is None else patch_weight),
+    }
+
+
+def _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region, target,
+                  progress, affine, calibrate, samples) -> np.ndarray:
+    """Patch models: fill crop by crop around each lesion at the model's voxel size."""
+    cfg = model.cfg
+    out = np.array(image, dtype=np.float32, copy=True)
     if not mask.any():
         return out
     zoom = np.asarray(voxel_size, float) / cfg.voxel_mm  # model voxels per input voxel
@@ -439,9 +467,8 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
-                kw = {k: v for k, v in kw.items() if v is not None}
-                settings.update(margin=kw.get("margin", model.cfg.default_margin),
-                                samples=kw.get("samples", model.cfg.default_samples))
+                settings.update(fill_settings(model.cfg, steps=steps,
+                                              **{k: kw.get(k) for k in ("margin", "samples", "patch_weight")}))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,
                                        progress=progress, affine=img.affine)

@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from . import crops
@@ -51,6 +52,7 @@ class TrainConfig:
     p_fill: float = 0.6  # context models: share of brain samples trained as "fill" (healthy target, hole)
     p_context: float = 0.5  # context models, paired samples: share that also get context
     known_weight: float = 0.1  # loss weight of known (context) voxels relative to the hole
+    p_spatial: float = 0.0  # patch models: share of patches warped by a random affine + elastic deformation
     margins: tuple[int, ...] = (2,)  # hole = lesion dilated by one of these (voxels), drawn per sample
     healthy_context: bool = False  # fill samples see healthy context: the mask covers the whole lesion
     p_tmax: float = 0.0  # share of fill samples trained at the last timestep, where one-step filling starts
@@ -74,7 +76,11 @@ class TrainConfig:
 
 # --- data ---------------------------------------------------------------------
 def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
-    """Prepared brains: ``{name, image (float32), brain (bool), affine}`` for every NAME_T1w.nii.gz."""
+    """Prepared brains: ``{name, image (float32), brain (bool), affine, lesion}`` for every NAME_T1w.nii.gz.
+
+    ``lesion`` (bool or None) marks real lesions of patient brains (NAME_lesionmask.nii.gz): their
+    healthy tissue trains the model, the lesions themselves are neither filled nor learned as healthy.
+    """
     out = []
     for p in sorted(Path(folder).glob("*_T1w.nii.gz")):
         name = p.name[: -len("_T1w.nii.gz")]
@@ -85,7 +91,9 @@ def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
         bm_p = p.with_name(f"{name}_brainmask.nii.gz")
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         brain = np.asanyarray(nib.load(str(bm_p)).dataobj) > 0 if bm_p.exists() else data > 0
-        out.append({"name": name, "image": data, "brain": brain, "affine": img.affine})
+        les_p = p.with_name(f"{name}_lesionmask.nii.gz")
+        lesion = np.asanyarray(nib.load(str(les_p)).dataobj) > 0 if les_p.exists() else None
+        out.append({"name": name, "image": data, "brain": brain, "affine": img.affine, "lesion": lesion})
     if not out:
         raise FileNotFoundError(f"no prepared brains (*_T1w.nii.gz) in {folder}")
     return out
@@ -112,6 +120,9 @@ class PatchSampler:
         self.brains, self.bank, self.cfg, self.mcfg = brains, bank, cfg, model_cfg
         for b in brains:  # midline of each brain along voxel axis 0 (prepared brains are RAS)
             b["centre"] = midline(b["image"], 0)
+            les = b.get("lesion")
+            # real lesions plus a safety shell: no synthetic hole there, no loss there
+            b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None and les.any() else None
 
     def _placed_mask(self, rng, shape) -> tuple[np.ndarray, crops.Box] | None:
         from .data.synthesis import deform_mask
@@ -126,13 +137,15 @@ class PatchSampler:
 
         P = self.cfg.patch
         b = self.brains[rng.integers(len(self.brains))]
-        img, brain = b["image"], b["brain"]
+        img, brain, avoid = b["image"], b["brain"], b.get("avoid")
         full_mask = np.zeros(img.shape, bool)
         empty = rng.random() < self.cfg.p_empty
         if not empty:
             m, mbox = self._placed_mask(rng, img.shape)
             crops.paste(full_mask, mbox, m, np.ones(img.shape, bool))
             full_mask &= brain
+            if avoid is not None:
+                full_mask &= ~avoid
         if full_mask.any():
             idx = np.argwhere(full_mask)
             centre = idx[rng.integers(len(idx))]  # a random lesion voxel: big lesions get varied views
@@ -141,24 +154,36 @@ class PatchSampler:
             centre = idx[rng.integers(len(idx))]
         lo = centre - P // 2 + rng.integers(-P // 4, P // 4 + 1, 3)
         box = crops.Box(tuple(int(v) for v in lo), tuple(int(v) + P for v in lo))
-        H = crops.extract(img, box)
-        Bm = crops.extract(brain, box)
-        M = crops.extract(full_mask, box)
+        warp = rng.random() < self.cfg.p_spatial
+        pad = P // 4 if warp else 0  # warped patches are cut from a larger box: no empty corners
+        box = crops.Box(tuple(v - pad for v in box.lo), tuple(v + pad for v in box.hi))
         # contralateral patch: voxel i -> 2c - i along axis 0, jittered to mimic imperfect alignment
         c = b["centre"] + rng.normal(0, 1.0)
         mlo = int(round(2 * c - (box.hi[0] - 1)))
         jit = rng.integers(-2, 3, 2)
         mbox = crops.Box((mlo, box.lo[1] + int(jit[0]), box.lo[2] + int(jit[1])),
-                         (mlo + P, box.hi[1] + int(jit[0]), box.hi[2] + int(jit[1])))
-        Hm = crops.extract(img, mbox)[::-1]
-        Mm = crops.extract(full_mask, mbox)[::-1]
+                         (mlo + box.hi[0] - box.lo[0], box.hi[1] + int(jit[0]), box.hi[2] + int(jit[1])))
+        lesioned = full_mask if avoid is None else full_mask | avoid
+        stack = np.stack([crops.extract(img, box), crops.extract(brain, box).astype(np.float32),
+                          crops.extract(full_mask, box).astype(np.float32),
+                          crops.extract(avoid, box).astype(np.float32) if avoid is not None else np.zeros((P + 2 * pad,) * 3, np.float32),
+                          crops.extract(img, mbox)[::-1], crops.extract(lesioned, mbox)[::-1].astype(np.float32)])
+        if warp:
+            from .data.augment import random_spatial_coords, warp_volumes
+
+            coords = random_spatial_coords(stack.shape[1:], rng, True, True, max_rot_deg=15.0,
+                                           scale_range=(0.85, 1.15), elastic_spacing=12)
+            stack = warp_volumes(stack, coords)[:, pad:pad + P, pad:pad + P, pad:pad + P]
+        H, Hm = stack[0], stack[4]
+        Bm, M, A, Mm = (stack[i] > 0.5 for i in (1, 2, 3, 5))
         H, Hm = _intensity_aug(rng, H, Hm)
         if M.any():
             Pth, _ = paint_lesion(H, Bm, M, rng, contrast=self.cfg.contrast)
         else:
             Pth = H.copy()
         mirror = np.where(Mm, 0, Hm)
-        arrs = {"healthy": H, "patho": Pth.astype(np.float32), "mask": M.astype(np.float32), "mirror": mirror}
+        arrs = {"healthy": H, "patho": Pth.astype(np.float32), "mask": M.astype(np.float32), "mirror": mirror,
+                "valid": (~A).astype(np.float32)}
         return _flip_permute(rng, arrs)
 
 
@@ -180,6 +205,12 @@ class GridSampler:
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
         self.cfg, self.mcfg = cfg, model_cfg
         self.grid = np.array(model_cfg.grid)
+        patients = [b["name"] for b in brains if b.get("lesion") is not None and b["lesion"].any()]
+        if patients:  # a whole-brain sample would teach their lesions as healthy anatomy
+            log.info("generation training skips brains with real lesions: %s", ", ".join(patients))
+            brains = [b for b in brains if b["name"] not in patients]
+        if not brains:
+            raise RuntimeError("generation training needs brains without lesions")
         self.brains = [(self._coarse(b["image"]), self._coarse(b["brain"].astype(np.float32)) > 0.5) for b in brains]
         self.bank = bank
         self.shape1 = brains[0]["image"].shape
@@ -297,7 +328,12 @@ class PairedLoss(nn.Module):
         y_t_patho = sch.add_noise(y_patho, noise_y, t)
         pred = model.cfg.prediction
         out_x = model.lesion_out(x_t, y_t_patho, t)
-        l_lesion = F.mse_loss(out_x, sch.target(x0, noise_x, t, pred))
+        valid = batch.get("valid")  # 0 on real lesions of patient brains: no target there
+        if valid is None:
+            l_lesion = F.mse_loss(out_x, sch.target(x0, noise_x, t, pred))
+        else:
+            err = (out_x - sch.target(x0, noise_x, t, pred)) ** 2 * _like(valid, out_x)
+            l_lesion = err.sum() / (_like(valid, out_x).sum() * out_x.shape[1]).clamp(min=1)
         x0_hat = sch.split(out_x.detach(), x_t, t, pred)[1].clamp(-1, 1)
         # paired samples condition on the one-step lesion estimate (paper); samples with context
         # (embedding with a known mask) on the true mask, as at inference; fill samples on "no lesion"
@@ -316,9 +352,18 @@ class PairedLoss(nn.Module):
             weight = torch.where(known > 0, torch.full_like(known, self.cfg.known_weight), weight)
         else:
             cond = model.brain_cond(lesion_cond)
+        if valid is not None:
+            weight = weight * _like(valid, weight)
         out_y = model.brain_out(y_t, cond, t)
         l_brain = ((out_y - sch.target(y0, noise_y, t, pred)) ** 2 * weight).sum() / weight.sum().clamp(min=1)
         return l_lesion + l_brain, {"lesion": l_lesion.detach(), "brain": l_brain.detach()}
+
+
+def _like(valid: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """A voxel weight on ``ref``'s grid (latent models: pooled to the latent's size)."""
+    if valid.shape[2:] != ref.shape[2:]:
+        valid = (F.adaptive_max_pool3d(1 - valid, ref.shape[2:]) < 0.5).to(valid.dtype)
+    return valid
 
 
 # --- loop ------------------------------------------------------------------------

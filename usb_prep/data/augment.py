@@ -101,6 +101,11 @@ def _warp_many(vols: np.ndarray, coords: np.ndarray, mode: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- intensity
+def warp_volumes(vols: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Linear resampling of volumes (N, X, Y, Z) at voxel coordinates (3, X, Y, Z); zeros outside."""
+    return _warp_many(vols, coords, mode="bilinear")
+
+
 def random_bias_field(shape, rng: np.random.Generator, strength: float = 0.3) -> np.ndarray:
     """Smooth multiplicative field ``exp(s * n)`` with ``n`` a very low frequency noise."""
     coarse = tuple(3 for _ in shape)

@@ -406,6 +406,7 @@ def prepare_brain(
     skull_stripped: bool,
     n4: bool = True,
     pct: float = 99.5,
+    lesion: str | Path | None = None,
 ) -> dict:
     """Load a T1w image and bring it to the normalised MNI 1 mm form used for training.
 
@@ -425,13 +426,17 @@ def prepare_brain(
         (brain mask for stripped inputs), before skull stripping.
     pct : float
         Percentile mapped to 1 by :func:`robust_normalise`.
+    lesion : str or Path, optional
+        Lesion mask on the image's grid (patients): carried to MNI with the
+        same transforms and excluded from the intensity normalisation.
 
     Returns
     -------
     dict
         ``image`` (float32, :data:`MNI_SHAPE`, zero outside the brain),
         ``brain`` (bool, same shape), ``affine`` (:data:`MNI_AFFINE`) and
-        ``transforms`` (antspyx transform files, subject -> MNI).
+        ``transforms`` (antspyx transform files, subject -> MNI); with
+        ``lesion``, also ``lesion`` (bool, same shape).
     """
     ants = _import_ants()
     img = load_canonical(path)
@@ -468,14 +473,25 @@ def prepare_brain(
         interpolator="linear",
     ).numpy() > 0.5
     mask_w = clean_mask(mask_w)
+    les_w = np.zeros_like(mask_w)
+    if lesion is not None:
+        les = load_canonical(lesion)
+        les_w = ants.apply_transforms(
+            fixed=fixed, moving=nib_to_ants(nib.Nifti1Image((np.asarray(les.dataobj) > 0).astype(np.float32), les.affine)),
+            transformlist=transforms, interpolator="linear",
+        ).numpy() > 0.25
+        les_w &= mask_w
     image = np.clip(np.asarray(warped.dataobj, np.float32), 0, None) * mask_w
-    image = robust_normalise(image, mask_w & (image > 0), pct=pct) * mask_w
-    return {
+    image = robust_normalise(image, mask_w & (image > 0) & ~les_w, pct=pct) * mask_w
+    out = {
         "image": image.astype(np.float32),
         "brain": mask_w,
         "affine": MNI_AFFINE.copy(),
         "transforms": transforms,
     }
+    if lesion is not None:
+        out["lesion"] = les_w
+    return out
 
 
 def prepare_cohort(
@@ -485,8 +501,10 @@ def prepare_cohort(
 
     Parameters
     ----------
-    entries : iterable of (name, path, skull_stripped)
-        One tuple per brain.
+    entries : iterable of (name, path, skull_stripped[, lesion_path])
+        One tuple per brain; patients add their lesion mask, written as
+        ``{name}_lesionmask.nii.gz`` (training keeps synthetic lesions and
+        the loss away from it).
     out_dir : str or Path
         Output folder (created). Brains whose two outputs exist are skipped.
     n4 : bool
@@ -507,7 +525,8 @@ def prepare_cohort(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
     outputs = []
-    for name, path, skull_stripped in tqdm(entries, desc="prepare", unit="brain"):
+    for name, path, skull_stripped, *rest in tqdm(entries, desc="prepare", unit="brain"):
+        lesion = rest[0] if rest else None
         img_out = out_dir / f"{name}_T1w.nii.gz"
         mask_out = out_dir / f"{name}_brainmask.nii.gz"
         outputs.append(img_out)
@@ -515,7 +534,10 @@ def prepare_cohort(
             log.info("skip %s (outputs exist)", name)
             continue
         log.info("prepare %s from %s (skull_stripped=%s)", name, path, skull_stripped)
-        res = prepare_brain(path, skull_stripped=bool(skull_stripped), n4=n4)
+        res = prepare_brain(path, skull_stripped=bool(skull_stripped), n4=n4, lesion=lesion)
         nib.save(nib.Nifti1Image(res["image"], res["affine"]), str(img_out))
         nib.save(nib.Nifti1Image(res["brain"].astype(np.uint8), res["affine"]), str(mask_out))
+        if lesion is not None:
+            nib.save(nib.Nifti1Image(res["lesion"].astype(np.uint8), res["affine"]),
+                     str(out_dir / f"{name}_lesionmask.nii.gz"))
     return outputs
