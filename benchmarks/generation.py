@@ -16,11 +16,13 @@ import numpy as np
 
 
 def real_on_grid(brains_dir: Path, cfg) -> list[np.ndarray]:
-    """Prepared brains (MNI 1 mm) on the generation model's grid, as the training sampler sees them."""
+    """Prepared healthy brains (MNI 1 mm) on the generation model's grid, as the training sampler sees them;
+    patients (with a ``_lesionmask``) are left out."""
     from usb_prep.training import to_model_grid
 
     return [to_model_grid(np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float32), cfg)
-            for p in sorted(Path(brains_dir).glob("*_T1w.nii.gz"))]
+            for p in sorted(Path(brains_dir).glob("*_T1w.nii.gz"))
+            if not p.with_name(p.name.replace("_T1w.nii.gz", "_lesionmask.nii.gz")).exists()]
 
 
 def run_generation(out_dir: Path, brains_dir: Path, *, weights=None, n: int = 4, steps: int = 25, log=print) -> dict:

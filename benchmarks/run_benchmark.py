@@ -196,7 +196,8 @@ def build_methods(args, log):
         "patch": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain),
     }
     missing = {}
-    usb_names = [f"usb_fill_s{s}" for s in args.steps] + [f"usb_heal_s{args.heal_steps}"]
+    usb_names = ([f"usb_fill_s{s}" for s in args.steps] + [f"usb_model_s{min(args.steps)}"]
+                 + [f"usb_heal_s{args.heal_steps}"])
     try:
         from usb_prep import api
         from usb_prep.weights import load_model
@@ -211,6 +212,10 @@ def build_methods(args, log):
         methods[f"usb_fill_s{s}"] = (lambda s: lambda c: api.fill_array(
             c.image, c.mask, model=model, steps=s, seed=0, voxel_size=_vox(c.affine), device="cpu",
             affine=c.affine))(s)
+    # the model alone, without the share of the patch fill that the shipped default averages in
+    methods[f"usb_model_s{min(args.steps)}"] = lambda c: api.fill_array(
+        c.image, c.mask, model=model, steps=min(args.steps), seed=0, voxel_size=_vox(c.affine), device="cpu",
+        affine=c.affine, patch_weight=0.0)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",
