@@ -163,11 +163,11 @@ class PatchSampler:
         jit = rng.integers(-2, 3, 2)
         mbox = crops.Box((mlo, box.lo[1] + int(jit[0]), box.lo[2] + int(jit[1])),
                          (mlo + box.hi[0] - box.lo[0], box.hi[1] + int(jit[0]), box.hi[2] + int(jit[1])))
-        lesioned = full_mask if avoid is None else full_mask | avoid
-        stack = np.stack([crops.extract(img, box), crops.extract(brain, box).astype(np.float32),
-                          crops.extract(full_mask, box).astype(np.float32),
-                          crops.extract(avoid, box).astype(np.float32) if avoid is not None else np.zeros((P + 2 * pad,) * 3, np.float32),
-                          crops.extract(img, mbox)[::-1], crops.extract(lesioned, mbox)[::-1].astype(np.float32)])
+        def cut(a, bx):
+            return crops.extract(a, bx) if a is not None else np.zeros(bx.shape, bool)
+
+        stack = np.stack([cut(img, box), cut(brain, box), cut(full_mask, box), cut(avoid, box), cut(img, mbox)[::-1],
+                          (cut(full_mask, mbox) | cut(avoid, mbox))[::-1]]).astype(np.float32)
         if warp:
             from .data.augment import random_spatial_coords, warp_volumes
 
