@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the packaged default weights (usb_prep/weights/default) from ../shared/data, given the time:
-# about 7 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
+# about 5.5 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
 # and the exact weights depend on the machine). Paths are the configs' (/work/cache, /work/runs).
 # usage: bash benchmarks/reproduce_default.sh [OUT_WEIGHTS_DIR]
 set -euo pipefail
@@ -9,13 +9,12 @@ out="${1:-usb_prep/weights/default}"
 python benchmarks/prepare_data.py --out /work/cache/brains           # ~9 min: 7 healthy brains + 1 patient
 usb-train --config benchmarks/train_fill.json                         # fill, stage 1  -> /work/runs/fill
 usb-train --config benchmarks/train_fill_stage2.json                  # fill, stage 2  -> /work/runs/fill2
-usb-train --config benchmarks/train_fill_stage3.json                  # fill, stage 3  -> /work/runs/fill3
 usb-train --config benchmarks/train_gen.json                          # generation     -> /work/runs/gen
 usb-train --config benchmarks/train_gen_stage2.json                   # generation, 2  -> /work/runs/gen2
 python - "$out" <<'PY'
 import sys
 from usb_prep.weights import bundle
-bundle(sys.argv[1], fill="/work/runs/fill3/weights", generate="/work/runs/gen2/weights",
+bundle(sys.argv[1], fill="/work/runs/fill2/weights", generate="/work/runs/gen2/weights",
        fill_defaults=dict(default_steps=1, default_margin=0, default_samples=4, window=32, default_patch_weight=0.5),
        generate_defaults=dict(default_steps=25))
 PY
