@@ -11,18 +11,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 
 def real_on_grid(brains_dir: Path, cfg) -> list[np.ndarray]:
     """Prepared healthy brains (MNI 1 mm) on the generation model's grid, as the training sampler sees them;
     patients (with a ``_lesionmask``) are left out."""
-    from usb_prep.training import to_model_grid
+    from usb_prep.training import load_brains, to_model_grid
 
-    return [to_model_grid(np.asanyarray(nib.load(str(p)).dataobj, dtype=np.float32), cfg)
-            for p in sorted(Path(brains_dir).glob("*_T1w.nii.gz"))
-            if not p.with_name(p.name.replace("_T1w.nii.gz", "_lesionmask.nii.gz")).exists()]
+    try:
+        brains = load_brains(brains_dir)
+    except FileNotFoundError:  # no prepared brains: generation is reported without the real-data metrics
+        return []
+    return [to_model_grid(b["image"], cfg) for b in brains if b["lesion"] is None]
 
 
 def run_generation(out_dir: Path, brains_dir: Path, *, weights=None, n: int = 4, steps: int = 25, log=print) -> dict:

@@ -208,14 +208,14 @@ def build_methods(args, log):
         log(f"usb_prep model not available: {reason}")
         return methods, {n: reason for n in usb_names}
 
+    def usb_fill(s, **kw):
+        return lambda c: api.fill_array(c.image, c.mask, model=model, steps=s, seed=0, voxel_size=_vox(c.affine),
+                                        device="cpu", affine=c.affine, **kw)
+
     for s in args.steps:
-        methods[f"usb_fill_s{s}"] = (lambda s: lambda c: api.fill_array(
-            c.image, c.mask, model=model, steps=s, seed=0, voxel_size=_vox(c.affine), device="cpu",
-            affine=c.affine))(s)
+        methods[f"usb_fill_s{s}"] = usb_fill(s)
     # the model alone, without the share of the patch fill that the shipped default averages in
-    methods[f"usb_model_s{min(args.steps)}"] = lambda c: api.fill_array(
-        c.image, c.mask, model=model, steps=min(args.steps), seed=0, voxel_size=_vox(c.affine), device="cpu",
-        affine=c.affine, patch_weight=0.0)
+    methods[f"usb_model_s{min(args.steps)}"] = usb_fill(min(args.steps), patch_weight=0.0)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",

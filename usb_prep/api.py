@@ -138,7 +138,8 @@ def fill_array(
         from .classical import fill_patch
 
         w = opts["patch_weight"]
-        classic = fill_patch(np.asarray(image, np.float32), mask, np.random.default_rng(seed), brain=image > 0)
+        img = np.asarray(image, np.float32)
+        classic = fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)
         out[mask] = (1 - w) * out[mask] + w * classic[mask]
     return out
 
@@ -261,8 +262,8 @@ def _fill_on_grid(model, image, mask, *, steps, t_start, seed, voxel_size, devic
     """Whole-brain models (fixed grid, e.g. the paper's 160^3): conform, fill, map the edit back."""
     grid_img, back = conform_to_grid(image, model.cfg, voxel_size)
     grid_mask, _ = conform_to_grid(mask.astype(np.float32), model.cfg, voxel_size, order=1)
-    filled = _fill_crop(model, grid_img, grid_mask >= 0.5, steps or model.cfg.default_steps, t_start, _generator(seed),
-                        device, margin, acg_region, target, _progress(steps or model.cfg.default_steps, progress, "filling"))
+    filled = _fill_crop(model, grid_img, grid_mask >= 0.5, steps, t_start, _generator(seed), device, margin,
+                        acg_region, target, _progress(steps, progress, "filling"))
     out = np.array(image, np.float32, copy=True)
     edit = back(filled - grid_img)
     out[mask] = image[mask] + edit[mask]

@@ -93,6 +93,7 @@ def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
         brain = np.asanyarray(nib.load(str(bm_p)).dataobj) > 0 if bm_p.exists() else data > 0
         les_p = p.with_name(f"{name}_lesionmask.nii.gz")
         lesion = np.asanyarray(nib.load(str(les_p)).dataobj) > 0 if les_p.exists() else None
+        lesion = lesion if lesion is not None and lesion.any() else None  # an empty mask: a healthy brain
         out.append({"name": name, "image": data, "brain": brain, "affine": img.affine, "lesion": lesion})
     if not out:
         raise FileNotFoundError(f"no prepared brains (*_T1w.nii.gz) in {folder}")
@@ -122,7 +123,7 @@ class PatchSampler:
             b["centre"] = midline(b["image"], 0)
             les = b.get("lesion")
             # real lesions plus a safety shell: no synthetic hole there, no loss there
-            b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None and les.any() else None
+            b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None else None
 
     def _placed_mask(self, rng, shape) -> tuple[np.ndarray, crops.Box] | None:
         from .data.synthesis import deform_mask
@@ -163,6 +164,7 @@ class PatchSampler:
         jit = rng.integers(-2, 3, 2)
         mbox = crops.Box((mlo, box.lo[1] + int(jit[0]), box.lo[2] + int(jit[1])),
                          (mlo + box.hi[0] - box.lo[0], box.hi[1] + int(jit[0]), box.hi[2] + int(jit[1])))
+
         def cut(a, bx):
             return crops.extract(a, bx) if a is not None else np.zeros(bx.shape, bool)
 
@@ -205,7 +207,7 @@ class GridSampler:
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
         self.cfg, self.mcfg = cfg, model_cfg
         self.grid = np.array(model_cfg.grid)
-        patients = [b["name"] for b in brains if b.get("lesion") is not None and b["lesion"].any()]
+        patients = [b["name"] for b in brains if b.get("lesion") is not None]
         if patients:  # a whole-brain sample would teach their lesions as healthy anatomy
             log.info("generation training skips brains with real lesions: %s", ", ".join(patients))
             brains = [b for b in brains if b["name"] not in patients]
@@ -332,8 +334,9 @@ class PairedLoss(nn.Module):
         if valid is None:
             l_lesion = F.mse_loss(out_x, sch.target(x0, noise_x, t, pred))
         else:
-            err = (out_x - sch.target(x0, noise_x, t, pred)) ** 2 * _like(valid, out_x)
-            l_lesion = err.sum() / (_like(valid, out_x).sum() * out_x.shape[1]).clamp(min=1)
+            w = _like(valid, out_x)
+            err = (out_x - sch.target(x0, noise_x, t, pred)) ** 2 * w
+            l_lesion = err.sum() / (w.sum() * out_x.shape[1]).clamp(min=1)
         x0_hat = sch.split(out_x.detach(), x_t, t, pred)[1].clamp(-1, 1)
         # paired samples condition on the one-step lesion estimate (paper); samples with context
         # (embedding with a known mask) on the true mask, as at inference; fill samples on "no lesion"

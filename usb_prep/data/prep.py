@@ -476,9 +476,9 @@ def prepare_brain(
     les_w = np.zeros_like(mask_w)
     if lesion is not None:
         les = load_canonical(lesion)
+        les01 = nib.Nifti1Image((np.asarray(les.dataobj) > 0).astype(np.float32), les.affine)
         les_w = ants.apply_transforms(
-            fixed=fixed, moving=nib_to_ants(nib.Nifti1Image((np.asarray(les.dataobj) > 0).astype(np.float32), les.affine)),
-            transformlist=transforms, interpolator="linear",
+            fixed=fixed, moving=nib_to_ants(les01), transformlist=transforms, interpolator="linear",
         ).numpy() > 0.25
         les_w &= mask_w
     image = np.clip(np.asarray(warped.dataobj, np.float32), 0, None) * mask_w
