@@ -187,6 +187,7 @@ def load_patient(pdir: Path):
 def build_methods(args, log):
     """Return ({name: callable(case) -> array or (array, extra)}, {name: reason not available})."""
     import numpy as np
+    from usb_prep.api import NLM_K, NLM_SEARCH
     from usb_prep.classical import fill_patch, fill_wmstats
 
     methods = {
@@ -194,6 +195,9 @@ def build_methods(args, log):
         "wmstats": lambda c: fill_wmstats(c.image, c.mask, np.random.default_rng(0), brain=c.brain,
                                           voxel_size=_vox(c.affine)),
         "patch": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain),
+        # ours, not a published tool: the non-local-means patch fill that the usb default averages in
+        "nlm": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain, k_mean=NLM_K,
+                                      search=NLM_SEARCH),
     }
     missing = {}
     usb_names = ([f"usb_fill_s{s}" for s in args.steps] + [f"usb_model_s{min(args.steps)}"]
@@ -214,8 +218,8 @@ def build_methods(args, log):
 
     for s in args.steps:
         methods[f"usb_fill_s{s}"] = usb_fill(s)
-    # the model alone, without the share of the patch fill that the shipped default averages in
-    methods[f"usb_model_s{min(args.steps)}"] = usb_fill(min(args.steps), patch_weight=0.0)
+    # the model alone, without the shares of the patch fills that the shipped default averages in
+    methods[f"usb_model_s{min(args.steps)}"] = usb_fill(min(args.steps), patch_weight=0.0, nlm_weight=0.0)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",

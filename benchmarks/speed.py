@@ -72,13 +72,13 @@ def main(argv=None):
             rows.append(r)
             print(r, flush=True)
     t_fill, ml, steps = fill_20ml(model, 2)
-    t_model = fill_20ml(model, 2, patch_weight=0.0)[0]
+    t_model = fill_20ml(model, 2, patch_weight=0.0, nlm_weight=0.0)[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"weights_sha256": info["sha256"], "cpu_bf16": bf16_supported("cpu"),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
            "forward": rows, "fill_seconds": t_fill, "fill_seconds_model_only": t_model,
-           "patch_weight": model.cfg.default_patch_weight, "fill_ml": ml, "fill_steps": steps,
+           "patch_weight": model.cfg.default_patch_weight, "nlm_weight": model.cfg.default_nlm_weight, "fill_ml": ml, "fill_steps": steps,
            "command": "python benchmarks/speed.py"}
     (out / "speed.json").write_text(json.dumps(res, indent=2))
     lines = ["# Denoiser speed (USB_brain of the packaged fill model, one forward pass)", "",
@@ -92,7 +92,8 @@ def main(argv=None):
                      f"{r['fp32_s']:.3f} | - | - |")
     lines += ["", f"Known-mask fill of a {ml:.1f} ml lesion in the 1 mm MNI152 template, {steps} steps, 2 threads: "
               f"**{t_fill:.1f} s** wall time with the default settings (patch weight "
-              f"{model.cfg.default_patch_weight}), {t_model:.1f} s for the model alone (`patch_weight=0`).", ""]
+              f"{model.cfg.default_patch_weight}, nlm weight {model.cfg.default_nlm_weight}), {t_model:.1f} s for the "
+              "model alone (`patch_weight=0, nlm_weight=0`).", ""]
     (out / "speed.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

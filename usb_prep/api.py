@@ -110,22 +110,26 @@ def fill_array(
     calibrate: bool = True,
     samples: int | None = None,
     patch_weight: float | None = None,
+    nlm_weight: float | None = None,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
     Works crop by crop around each lesion at the model's voxel size; voxels
     outside ``mask`` are returned unchanged.  ``affine`` tells which voxel
     axis is left-right (for the mirror prior); without it axis 0 is assumed.
-    ``steps``, ``margin``, ``samples`` (fills averaged) and ``patch_weight``
+    ``steps``, ``margin``, ``samples`` (fills averaged), ``patch_weight``
     (share of the classical patch fill averaged in: texture copied from the
-    image itself, complementary to the model's mean estimate) default to the
-    model's config (see :func:`fill_settings`).
+    image itself, complementary to the model's mean estimate) and
+    ``nlm_weight`` (share of the non-local-means patch fill: the mean of the
+    best-matching patches' centres) default to the model's config (see
+    :func:`fill_settings`); the model's fill gets the rest.
     """
     dev = resolve_device(device)
     if model is None:
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
-    opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight)
+    opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight,
+                         nlm_weight=nlm_weight)
     steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
     if cfg.grid is not None:
@@ -134,24 +138,45 @@ def fill_array(
     else:
         out = _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region,
                             target, progress, affine, calibrate, samples)
-    if opts["patch_weight"] > 0 and mask.any():
-        from .classical import fill_patch
-
-        w = opts["patch_weight"]
-        img = np.asarray(image, np.float32)
-        classic = fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)
-        out[mask] = (1 - w) * out[mask] + w * classic[mask]
+    if mask.any():
+        out[mask] = _blend_classical(out, image, mask, seed, opts["patch_weight"], opts["nlm_weight"])
     return out
 
 
-def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None) -> dict:
+NLM_K, NLM_SEARCH = 16, 15  # the non-local-means fill: mean of the 16 best of a 15^3 search (validation masks)
+
+
+def _blend_classical(model_fill, image, mask, seed, w_patch, w_nlm) -> np.ndarray:
+    """Lesion voxels of the weighted average of the model's fill and the two patch fills.
+
+    The model's smooth mean estimate and the patch fills (texture copied from the image itself)
+    err differently, so their average beats each of them.
+    """
+    from .classical import fill_patch
+
+    out = (1 - w_patch - w_nlm) * model_fill[mask]
+    img = np.asarray(image, np.float32)
+    if w_patch > 0:
+        out += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)[mask]
+    if w_nlm > 0:
+        out += w_nlm * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0, k_mean=NLM_K,
+                                  search=NLM_SEARCH)[mask]
+    return out
+
+
+def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
-    return {
+    opts = {
         "steps": steps or cfg.default_steps,
         "margin": cfg.default_margin if margin is None else int(margin),
         "samples": max(1, int(samples or cfg.default_samples)),
         "patch_weight": float(cfg.default_patch_weight if patch_weight is None else patch_weight),
+        "nlm_weight": float(cfg.default_nlm_weight if nlm_weight is None else nlm_weight),
     }
+    w = (opts["patch_weight"], opts["nlm_weight"])
+    if min(w) < 0 or sum(w) > 1 + 1e-6:
+        raise ValueError(f"patch_weight and nlm_weight must be >= 0 with a sum <= 1, got {w[0]} and {w[1]}")
+    return opts
 
 
 def _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region, target,
@@ -469,7 +494,7 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
                 settings.update(fill_settings(model.cfg, steps=steps,
-                                              **{k: kw.get(k) for k in ("margin", "samples", "patch_weight")}))
+                                              **{k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight")}))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,
                                        progress=progress, affine=img.affine)

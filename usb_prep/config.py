@@ -81,6 +81,7 @@ class ModelConfig:
     default_margin: int = 2  # known-mask filling: the hole is the mask dilated by this (voxels)
     default_samples: int = 1  # known-mask filling: average of this many fills (flips and noise differ)
     default_patch_weight: float = 0.0  # known-mask filling: share of the classical patch fill averaged in
+    default_nlm_weight: float = 0.0  # ... and share of the non-local-means patch fill (mean of the best patches)
     gamma0: float = 20.0
     k: float = 0.5
     lam: float = 1.0
