@@ -46,6 +46,7 @@ def parse_args(argv=None):
                    help="unconditional pairs to generate for the generation metrics (default 4, quick 2; 0 skips)")
     p.add_argument("--gen-steps", type=int, default=25, help="sampling steps for generation")
     p.add_argument("--heal-steps", type=int, default=None, help="steps for mask-free healing (default: max --steps)")
+    p.add_argument("--no-heal", action="store_true", help="skip mask-free healing (minutes per case)")
     p.add_argument("--weights", default=None, help="usb_prep weights folder (default: usb_prep's resolution order)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ITK")
     p.add_argument("--no-registration", action="store_true", help="skip the SyN downstream proxy")
@@ -201,7 +202,7 @@ def build_methods(args, log):
     }
     missing = {}
     usb_names = ([f"usb_fill_s{s}" for s in args.steps] + [f"usb_model_s{min(args.steps)}"]
-                 + [f"usb_heal_s{args.heal_steps}"])
+                 + ([] if args.no_heal else [f"usb_heal_s{args.heal_steps}"]))
     try:
         from usb_prep import api
         from usb_prep.weights import load_model
@@ -226,7 +227,8 @@ def build_methods(args, log):
                              voxel_size=_vox(c.affine), affine=c.affine)
         return out if isinstance(out, tuple) else (out, None)
 
-    methods[f"usb_heal_s{args.heal_steps}"] = heal
+    if not args.no_heal:
+        methods[f"usb_heal_s{args.heal_steps}"] = heal
     return methods, missing
 
 
