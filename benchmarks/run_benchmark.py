@@ -188,8 +188,7 @@ def load_patient(pdir: Path):
 def build_methods(args, log):
     """Return ({name: callable(case) -> array or (array, extra)}, {name: reason not available})."""
     import numpy as np
-    from usb_prep.api import NLM_K, NLM_SEARCH
-    from usb_prep.classical import fill_patch, fill_wmstats
+    from usb_prep.classical import fill_nlm, fill_patch, fill_wmstats
 
     methods = {
         "unfilled": lambda c: c.image.copy(),
@@ -197,8 +196,7 @@ def build_methods(args, log):
                                           voxel_size=_vox(c.affine)),
         "patch": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain),
         # ours, not a published tool: the non-local-means patch fill that the usb default averages in
-        "nlm": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain, k_mean=NLM_K,
-                                      search=NLM_SEARCH),
+        "nlm": lambda c: fill_nlm(c.image, c.mask, brain=c.brain),
     }
     missing = {}
     usb_names = ([f"usb_fill_s{s}" for s in args.steps] + [f"usb_model_s{min(args.steps)}"]

@@ -52,8 +52,8 @@ class _LesionFillInputSpec(_ModelInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w image to fill")
     mask_file = File(exists=True, desc="mask, 1 = lesion/artifact to fill (omit: mask-free healing)")
     t_start = traits.Int(desc="diffusion start step (default: the model's)")
-    method = traits.Enum("usb", "wmstats", "patch", usedefault=True,
-                         desc="usb (diffusion) or a classical filler")
+    method = traits.Enum("usb", "wmstats", "patch", "nlm", usedefault=True,
+                         desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
 

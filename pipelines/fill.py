@@ -23,8 +23,8 @@ def init_lesion_fill_wf(
 
     Parameters
     ----------
-    method : {"usb", "wmstats", "patch"}
-        Diffusion model (``usb``) or a classical filler.
+    method : {"usb", "wmstats", "patch", "nlm"}
+        Diffusion model (``usb``) or a filler without a model.
     weights : str, optional
         Model weights (default: environment variable, then packaged weights).
     steps, t_start : int, optional

@@ -231,7 +231,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     """patch_weight w: (1 - w) model fill + w patch fill in the mask; w = 1 is the patch filler itself."""
     from conftest import phantom
 
-    from usb_prep.classical import fill_patch
+    from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.config import preset
     from usb_prep.model import USBModel
 
@@ -248,7 +248,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     assert np.array_equal(half[~m], v[~m])
     assert not np.allclose(alone[m], classic[m])
     assert api.fill_settings(model.cfg)["patch_weight"] == model.cfg.default_patch_weight == 0.0
-    nlm = fill_patch(v, m, np.random.default_rng(3), brain=v > 0, k_mean=api.NLM_K, search=api.NLM_SEARCH)
+    nlm = fill_nlm(v, m, brain=v > 0)
     assert np.allclose(api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, **kw)[m], nlm[m], atol=1e-6)
     mix = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.5, **kw)
     assert np.allclose(mix[m], 0.3 * alone[m] + 0.2 * classic[m] + 0.5 * nlm[m], atol=1e-5)

@@ -3,9 +3,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from usb_prep.classical import fill_image, fill_patch, fill_wmstats, kmeans_1d
+from usb_prep.classical import fill_image, fill_nlm, fill_patch, fill_wmstats, kmeans_1d
 
-FILLERS = [fill_wmstats, fill_patch]
+FILLERS = [fill_wmstats, fill_patch, fill_nlm]
 
 
 def two_tissue(shape=(24, 24, 24), seed=0):
@@ -140,7 +140,7 @@ def test_kmeans_1d():
     assert np.array_equal(np.bincount(lab), [50, 50, 50])
 
 
-@pytest.mark.parametrize("method", ["wmstats", "patch"])
+@pytest.mark.parametrize("method", ["wmstats", "patch", "nlm"])
 def test_fill_image_keeps_header_and_dtype(method):
     img, _ = two_tissue()
     data = np.rint(img * 1000).astype(np.int16)

@@ -104,17 +104,18 @@ def test_usb_fill_missing_weights_exit_code(lesion_case, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("usb_prep.classical") is None, reason="usb_prep.classical not present")
-def test_usb_fill_wmstats(lesion_case, tmp_path):
+@pytest.mark.parametrize("method", ["wmstats", "nlm"])
+def test_usb_fill_without_model(lesion_case, tmp_path, method):
     out = tmp_path / "wm.nii.gz"
     r = CliRunner().invoke(main, [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out),
-                                  "--method", "wmstats", "--quiet", "--device", "cpu"])
+                                  "--method", method, "--quiet", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     m = lesion_case["lesion"].astype(bool)
     raw_in, raw_out = _raw(lesion_case["t1w"]), _raw(out)
     assert np.array_equal(raw_out[~m], raw_in[~m])
     assert not np.array_equal(raw_out[m], raw_in[m])
     side = json.loads((tmp_path / "wm.json").read_text())
-    assert side["method"] == "wmstats"
+    assert side["method"] == method
 
 
 def test_usb_embed(lesion_case, tiny_weights, tmp_path):

@@ -104,6 +104,6 @@ def test_report_and_sink(lesion_case, tmp_path):
     assert json.loads((dst.parent / "sub-01_desc-x_T1w.json").read_text())["Sources"] == ["bids:raw:x"]
 
 
-@pytest.mark.parametrize("kind", ["usb", "wmstats", "patch"])
+@pytest.mark.parametrize("kind", ["usb", "wmstats", "patch", "nlm"])
 def test_method_enum_accepts(kind, lesion_case):
     LesionFill(in_file=str(lesion_case["t1w"]), method=kind)

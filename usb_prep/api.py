@@ -25,7 +25,7 @@ from .weights import load_model
 
 log = logging.getLogger(__name__)
 
-METHODS = ("usb", "wmstats", "patch")
+METHODS = ("usb", "wmstats", "patch", "nlm")
 
 
 @dataclass
@@ -143,24 +143,20 @@ def fill_array(
     return out
 
 
-NLM_K, NLM_SEARCH = 16, 15  # the non-local-means fill: mean of the 16 best of a 15^3 search (validation masks)
-
-
 def _blend_classical(model_fill, image, mask, seed, w_patch, w_nlm) -> np.ndarray:
     """Lesion voxels of the weighted average of the model's fill and the two patch fills.
 
     The model's smooth mean estimate and the patch fills (texture copied from the image itself)
     err differently, so their average beats each of them.
     """
-    from .classical import fill_patch
+    from .classical import fill_nlm, fill_patch
 
     out = (1 - w_patch - w_nlm) * model_fill[mask]
     img = np.asarray(image, np.float32)
     if w_patch > 0:
         out += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)[mask]
     if w_nlm > 0:
-        out += w_nlm * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0, k_mean=NLM_K,
-                                  search=NLM_SEARCH)[mask]
+        out += w_nlm * fill_nlm(img, mask, brain=img > 0)[mask]
     return out
 
 
@@ -507,7 +503,7 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
                 raise ValueError(f"method {method!r} needs a mask")
             from . import classical
 
-            fn = {"wmstats": classical.fill_wmstats, "patch": classical.fill_patch}[method]
+            fn = {"wmstats": classical.fill_wmstats, "patch": classical.fill_patch, "nlm": classical.fill_nlm}[method]
             filled = fn(v, m, np.random.default_rng(seed))
         settings["intensity_scale"] = scale
     settings["seconds"] = round(time.perf_counter() - t0, 2)

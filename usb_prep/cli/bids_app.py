@@ -54,7 +54,7 @@ def get_parser() -> argparse.ArgumentParser:
     m.add_argument("--heal-without-mask", action="store_true",
                    help="subjects without a mask are healed mask-free instead of skipped")
     f = p.add_argument_group("filling")
-    f.add_argument("--method", choices=["usb", "wmstats", "patch"], default="usb",
+    f.add_argument("--method", choices=["usb", "wmstats", "patch", "nlm"], default="usb",
                    help="diffusion model (usb) or a classical filler")
     f.add_argument("--weights", help="weights folder (default: $USB_PREP_WEIGHTS, then packaged)")
     f.add_argument("--steps", type=int, help="sampling steps (default: the model's)")

@@ -56,8 +56,9 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 @click.argument("image", type=click.Path(), required=False)
 @click.argument("mask", type=click.Path(), required=False)
 @click.option("-o", "--output", type=click.Path(), help="Output image (.nii.gz, .nii or .mgz).")
-@click.option("--method", type=click.Choice(["usb", "wmstats", "patch"]), default="usb", show_default=True,
-              help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like).")
+@click.option("--method", type=click.Choice(["usb", "wmstats", "patch", "nlm"]), default="usb", show_default=True,
+              help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like); "
+                   "nlm: non-local-means patch fill (no model).")
 @_steps
 @click.option("--t-start", type=int, default=None, help="Diffusion step to start editing from (default: the model's).")
 @click.option("--margin", type=int, default=None,
