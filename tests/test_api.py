@@ -248,7 +248,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     assert np.array_equal(half[~m], v[~m])
     assert not np.allclose(alone[m], classic[m])
     assert api.fill_settings(model.cfg)["patch_weight"] == model.cfg.default_patch_weight == 0.0
-    nlm = fill_nlm(v, m, brain=v > 0)
+    nlm = fill_nlm(v, m, brain=v > 0, guide=alone)  # guided by the model's fill
     assert np.allclose(api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, **kw)[m], nlm[m], atol=1e-6)
     mix = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.5, **kw)
     assert np.allclose(mix[m], 0.3 * alone[m] + 0.2 * classic[m] + 0.5 * nlm[m], atol=1e-5)

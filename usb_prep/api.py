@@ -121,7 +121,8 @@ def fill_array(
     (share of the classical patch fill averaged in: texture copied from the
     image itself, complementary to the model's mean estimate) and
     ``nlm_weight`` (share of the non-local-means patch fill: the mean of the
-    best-matching patches' centres) default to the model's config (see
+    best-matching patches' centres, matched against the model's fill as well
+    as the known border) default to the model's config (see
     :func:`fill_settings`); the model's fill gets the rest.
     """
     dev = resolve_device(device)
@@ -146,6 +147,8 @@ def fill_array(
 def _blend_classical(model_fill, image, mask, seed, w_patch, w_nlm) -> np.ndarray:
     """Lesion voxels of the weighted average of the model's fill and the two patch fills.
 
+    The non-local-means fill is guided by the model's: its patch distances see the model's values in
+    the unfilled lesion, so deep inside big lesions it copies real tissue that fits the model's layout.
     The model's smooth mean estimate and the patch fills (texture copied from the image itself)
     err differently, so their average beats each of them.
     """
@@ -156,7 +159,7 @@ def _blend_classical(model_fill, image, mask, seed, w_patch, w_nlm) -> np.ndarra
     if w_patch > 0:
         out += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)[mask]
     if w_nlm > 0:
-        out += w_nlm * fill_nlm(img, mask, brain=img > 0)[mask]
+        out += w_nlm * fill_nlm(img, mask, brain=img > 0, guide=model_fill)[mask]
     return out
 
 

@@ -207,6 +207,8 @@ def fill_patch(
     min_overlap: float = 0.5,
     chunk: int = 512,
     k_mean: int = 1,
+    guide: np.ndarray | None = None,
+    guide_weight: float = 0.3,
 ) -> np.ndarray:
     """Non-local patch-based inward ("onion peeling") lesion filling.
 
@@ -262,6 +264,14 @@ def fill_patch(
         1 (default): copy one near-best candidate, as NiftySeg does. Above 1:
         copy the mean of the ``k_mean`` best candidates' centres instead (a
         non-local-means estimate: smoother, lower error, no ``rng`` needed).
+    guide : ndarray, optional
+        An estimate of the lesion's content on the same grid (e.g. the USB
+        model's fill). Unfilled lesion voxels then take part in the patch
+        distances with the guide's values, weighted by ``guide_weight``, so
+        candidates must match the guide's structure as well as the known
+        border; the values copied still come from outside the lesion.
+    guide_weight : float
+        Weight of guide voxels in the distance (known voxels weigh 1).
 
     Returns
     -------
@@ -295,13 +305,18 @@ def fill_patch(
     valid = _padc(~mask[sl])  # padding -> False
     img = _padc(out[sl].astype(np.float32))
     img[todo] = 0.0  # lesion values must never leak into the fill
+    weight = valid.astype(np.float32)  # per-voxel weight in patch distances
+    seen = img.copy()  # values patch distances see: known ones, the guide's in the unfilled lesion
+    if guide is not None:
+        seen[todo] = _padc(np.asarray(guide, np.float32)[sl])[todo]
+        weight[todo] = guide_weight
     brain_pad = _padc(brain[sl])
     src_ok = brain_pad & valid  # allowed candidate centres
     # Normalise intensities for the distance (float32 precision, scale-free tol).
     lo_v, hi_v = np.percentile(img[valid], [1, 99]) if valid.any() else (0.0, 1.0)
     lo_v = np.float32(lo_v)
     scale = np.float32(hi_v - lo_v) if hi_v > lo_v else np.float32(1.0)
-    work = ((img - lo_v) / scale).astype(np.float32)  # float32 keeps the conv fast
+    work = ((seen - lo_v) / scale).astype(np.float32)  # float32 keeps the conv fast
 
     shape = work.shape
     strides = tuple(int(np.prod(shape[i + 1:])) for i in range(3))
@@ -323,20 +338,19 @@ def fill_patch(
             break
         vox = np.flatnonzero(near)
         new_vals = np.empty(vox.size, dtype=np.float32)
-        flat_w, flat_v, flat_ok = work.ravel(), valid.ravel(), src_ok.ravel()
+        flat_w, flat_v, flat_ok = work.ravel(), weight.ravel(), src_ok.ravel()
         flat_raw = filled_vals.ravel()
         for c0 in range(0, vox.size, chunk):
             v = vox[c0:c0 + chunk]
             n = v.size
             idx = v[:, None] + ctx_off[None, :]  # (n, ctx^3)
-            S = flat_w[idx]
-            Vs = flat_v[idx].astype(np.float32)
-            S = S * Vs  # invalid values are arbitrary; zero them
+            Vs = flat_v[idx]
+            S = flat_w[idx] * (Vs > 0)  # unseen values are arbitrary; zero them
             T = S[:, sub]
             W = Vs[:, sub]
             cube = (n, ctx, ctx, ctx)
             kcube = (n, 1, patch, patch, patch)
-            inp = np.stack([S * S, S, Vs], axis=1).reshape(1, 3 * n, ctx, ctx, ctx)
+            inp = np.stack([Vs * S * S, Vs * S, Vs], axis=1).reshape(1, 3 * n, ctx, ctx, ctx)
             ker = np.stack([W, -2.0 * W * T, W * T * T], axis=1).reshape(n, 3, patch, patch, patch)
             with torch.no_grad():
                 num = torch.nn.functional.conv3d(
@@ -369,13 +383,15 @@ def fill_patch(
                 vals = flat_raw[src]
             none = ~np.isfinite(best[:, 0])
             if none.any():  # fallback: mean of the valid voxels in the patch
-                raw_t = flat_raw[idx[none][:, sub]] * W[none]
-                vals[none] = raw_t.sum(1) / np.maximum(W[none].sum(1), 1.0)
+                known = valid.ravel()[idx[none][:, sub]]  # guide voxels have no raw value yet
+                raw_t = flat_raw[idx[none][:, sub]] * known
+                vals[none] = raw_t.sum(1) / np.maximum(known.sum(1), 1.0)
             new_vals[c0:c0 + n] = vals
         # Jacobi update: write the whole layer, then mark it valid.
         img.ravel()[vox] = new_vals
         work.ravel()[vox] = (new_vals - lo_v) / scale
         valid.ravel()[vox] = True
+        weight.ravel()[vox] = 1.0
         src_ok.ravel()[vox] = brain_pad.ravel()[vox]
         todo.ravel()[vox] = False
     if todo.any():  # unreachable voxels (cannot happen unless the mask is everything)
