@@ -78,7 +78,8 @@ def main(argv=None):
     res = {"weights_sha256": info["sha256"], "cpu_bf16": bf16_supported("cpu"),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
            "forward": rows, "fill_seconds": t_fill, "fill_seconds_model_only": t_model,
-           "patch_weight": model.cfg.default_patch_weight, "nlm_weight": model.cfg.default_nlm_weight, "fill_ml": ml, "fill_steps": steps,
+           "patch_weight": model.cfg.default_patch_weight, "nlm_weight": model.cfg.default_nlm_weight,
+           "fill_ml": ml, "fill_steps": steps,
            "command": "python benchmarks/speed.py"}
     (out / "speed.json").write_text(json.dumps(res, indent=2))
     lines = ["# Denoiser speed (USB_brain of the packaged fill model, one forward pass)", "",

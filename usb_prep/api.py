@@ -492,8 +492,8 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
-                settings.update(fill_settings(model.cfg, steps=steps,
-                                              **{k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight")}))
+                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight")}
+                settings.update(fill_settings(model.cfg, steps=steps, **given))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,
                                        progress=progress, affine=img.affine)
@@ -506,8 +506,7 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
                 raise ValueError(f"method {method!r} needs a mask")
             from . import classical
 
-            fn = {"wmstats": classical.fill_wmstats, "patch": classical.fill_patch, "nlm": classical.fill_nlm}[method]
-            filled = fn(v, m, np.random.default_rng(seed))
+            filled = classical.FILLERS[method](v, m, np.random.default_rng(seed))
         settings["intensity_scale"] = scale
     settings["seconds"] = round(time.perf_counter() - t0, 2)
     settings["mask_voxels"] = int(m.sum())

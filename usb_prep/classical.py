@@ -366,7 +366,6 @@ def fill_patch(
             ok[:, centre_idx] = False
             dist = np.where(ok, np.maximum(num, 0.0) / np.maximum(cnt, 1.0), np.inf)
             best = dist.min(1, keepdims=True)
-            near_best = ok & (dist <= best * (1.0 + tol) + 1e-9)
             if k_mean > 1:  # mean of the k best candidates' centres: a lower-variance estimate
                 kk = min(k_mean, dist.shape[1])
                 part = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
@@ -376,6 +375,7 @@ def fill_patch(
                 vals = ((flat_raw[srcs] * wk).sum(1) / np.maximum(wk.sum(1), 1.0)).astype(np.float32)
             else:
                 # Uniform choice among near-best candidates: argmax of random keys.
+                near_best = ok & (dist <= best * (1.0 + tol) + 1e-9)
                 keys = rng.random(near_best.shape, dtype=np.float32)
                 keys[~near_best] = -1.0
                 pick = keys.argmax(1)
@@ -414,6 +414,9 @@ def fill_nlm(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | Non
     return fill_patch(image, mask, rng if rng is not None else np.random.default_rng(0), **kwargs)
 
 
+FILLERS = {"wmstats": fill_wmstats, "patch": fill_patch, "nlm": fill_nlm}  # name -> filler(image, mask, rng)
+
+
 def fill_image(img, mask_img, method: str = "wmstats", seed: int = 0, **kwargs):
     """Fill lesions in a nibabel image, keeping affine, header and data dtype.
 
@@ -443,13 +446,11 @@ def fill_image(img, mask_img, method: str = "wmstats", seed: int = 0, **kwargs):
         raise ValueError(f"mask shape {m.shape} differs from image shape {data.shape}")
     m = m > 0.5
     rng = np.random.default_rng(seed)
+    if method not in FILLERS:
+        raise ValueError(f"unknown method {method!r}; use one of {sorted(FILLERS)}")
     if method == "wmstats":
         kwargs.setdefault("voxel_size", tuple(float(z) for z in img.header.get_zooms()[:3]))
-        filled = fill_wmstats(data, m, rng, **kwargs)
-    elif method in ("patch", "nlm"):
-        filled = (fill_patch if method == "patch" else fill_nlm)(data, m, rng, **kwargs)
-    else:
-        raise ValueError(f"unknown method {method!r}; use 'wmstats', 'patch' or 'nlm'")
+    filled = FILLERS[method](data, m, rng, **kwargs)
     dtype = img.get_data_dtype()
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

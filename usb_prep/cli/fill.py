@@ -80,8 +80,8 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, steps, t_start, margin, samples, patch_weight, nlm_weight, seed, device, weights, threads,
-         resample_mask, mask_kind, overwrite, quiet, demo_dir, verbose):
+def main(image, mask, output, method, steps, t_start, margin, samples, patch_weight, nlm_weight, seed, device, weights,
+         threads, resample_mask, mask_kind, overwrite, quiet, demo_dir, verbose):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
