@@ -34,13 +34,10 @@ def time_forward(model, size: int, precision: str, threads: int, reps: int = 3) 
     return best
 
 
-def fill_20ml(model, threads: int, **kw) -> tuple[float, float, int]:
-    """Wall time of filling a ~20 ml ellipsoid in the MNI152 template (1 mm), default settings (or ``kw``)."""
+def case_20ml():
+    """A ~20 ml ellipsoid lesion in the MNI152 template (1 mm): (image scaled to ~[0, 1], mask, affine)."""
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
-    from usb_prep import api
-
-    torch.set_num_threads(threads)
     img = load_mni152_template(resolution=1)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     brain = np.asanyarray(load_mni152_brain_mask(resolution=1).dataobj) > 0
@@ -48,16 +45,36 @@ def fill_20ml(model, threads: int, **kw) -> tuple[float, float, int]:
     c = np.array(data.shape) // 2 + np.array([20, 5, 10])
     zz = np.indices(data.shape) - c[:, None, None, None]
     mask = ((zz[0] / 14.0) ** 2 + (zz[1] / 18.0) ** 2 + (zz[2] / 19.0) ** 2 <= 1) & brain
+    return data, mask, img.affine
+
+
+def fill_20ml(model, threads: int, case) -> tuple[float, float, float, int]:
+    """Wall times of filling ``case`` (:func:`case_20ml`): the default fill and the model alone (its first
+    stage, which the default reuses as :func:`usb_prep.api.fill_array` does), volume (ml) and steps."""
+    from usb_prep import api
+
+    torch.set_num_threads(threads)
+    data, mask, affine = case
     model.precision = "auto"
     t0 = time.perf_counter()
-    api.fill_array(data, mask, model=model, affine=img.affine, **kw)
-    return time.perf_counter() - t0, float(mask.sum() / 1000), model.cfg.default_steps
+    u = api.fill_array(data, mask, model=model, affine=affine, patch_weight=0.0, nlm_weight=0.0)
+    t_model = time.perf_counter() - t0
+    api.blend_fill(u, data, mask, model.cfg, affine=affine)
+    return time.perf_counter() - t0, t_model, float(mask.sum() / 1000), model.cfg.default_steps
+
+
+def api_defaults(cfg) -> str:
+    from usb_prep.api import fill_settings
+
+    opts = fill_settings(cfg)
+    return ", ".join(f"{k} {opts[k]}" for k in ("patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth"))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--weights", default=None)
+    p.add_argument("--tag", default="", help="results go to speed_TAG.md/.json (e.g. the CPU kind)")
     args = p.parse_args(argv)
     from usb_prep.model import bf16_supported
     from usb_prep.weights import load_model
@@ -71,20 +88,20 @@ def main(argv=None):
                 r["bf16_s"] = time_forward(model, size, "bf16", threads)
             rows.append(r)
             print(r, flush=True)
-    t_fill, ml, steps = fill_20ml(model, 2)
-    t_model = fill_20ml(model, 2, patch_weight=0.0, nlm_weight=0.0)[0]
+    t_fill, t_model, ml, steps = fill_20ml(model, 2, case_20ml())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"weights_sha256": info["sha256"], "cpu_bf16": bf16_supported("cpu"),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
            "forward": rows, "fill_seconds": t_fill, "fill_seconds_model_only": t_model,
-           "patch_weight": model.cfg.default_patch_weight, "nlm_weight": model.cfg.default_nlm_weight,
+           "settings": api_defaults(model.cfg),
            "fill_ml": ml, "fill_steps": steps,
-           "command": "python benchmarks/speed.py"}
-    (out / "speed.json").write_text(json.dumps(res, indent=2))
+           "command": "python benchmarks/speed.py" + (f" --tag {args.tag}" if args.tag else "")}
+    stem = f"speed_{args.tag}" if args.tag else "speed"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     lines = ["# Denoiser speed (USB_brain of the packaged fill model, one forward pass)", "",
              f"CPU capability {res['cpu_capability']}, oneDNN bf16 kernels: {res['cpu_bf16']}, torch {torch.__version__}.",
-             "Command: `python benchmarks/speed.py`", "",
+             f"Command: `{res['command']}`", "",
              "| threads | crop | fp32 (s) | bf16 autocast (s) | speed-up |", "|---|---|---|---|---|"]
     for r in rows:
         bf = r.get("bf16_s")
@@ -92,10 +109,9 @@ def main(argv=None):
                      f"{bf:.3f} | {r['fp32_s'] / bf:.1f}x |" if bf else f"| {r['threads']} | {r['size']}^3 | "
                      f"{r['fp32_s']:.3f} | - | - |")
     lines += ["", f"Known-mask fill of a {ml:.1f} ml lesion in the 1 mm MNI152 template, {steps} steps, 2 threads: "
-              f"**{t_fill:.1f} s** wall time with the default settings (patch weight "
-              f"{model.cfg.default_patch_weight}, nlm weight {model.cfg.default_nlm_weight}), {t_model:.1f} s for the "
-              "model alone (`patch_weight=0, nlm_weight=0`).", ""]
-    (out / "speed.md").write_text("\n".join(lines))
+              f"**{t_fill:.1f} s** wall time with the default settings ({api_defaults(model.cfg)}), {t_model:.1f} s "
+              "of it the model alone (`patch_weight=0, nlm_weight=0`).", ""]
+    (out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

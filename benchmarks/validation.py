@@ -4,6 +4,11 @@ The held-out brain otsu_head x the 3rd and 4th held-out masks of each category (
 first two), painted as in run_benchmark.py; in-mask PSNR / SSIM of the packaged fill and the patch filler.
 
     python benchmarks/validation.py [--weights DIR] [--kw '{"margin": 1}'] -> benchmarks/results/validation.md
+    python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
+
+``--sweep`` computes each part of the default fill once per case (the model's fill, the classical patch
+fill, the nlm fill guided by the model's) and scores every blend on a 0.1 grid of ``patch_weight`` and
+``nlm_weight``: how the shipped defaults were chosen.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ sys.path.insert(0, str(HERE))
 
 
 def main(argv=None):
-    import run_benchmark as RB
     from usb_prep import api
     from usb_prep import metrics as M
     from usb_prep.classical import fill_patch
@@ -32,25 +36,27 @@ def main(argv=None):
     p.add_argument("--brains", default="/work/cache/brains")
     p.add_argument("--weights", default=None)
     p.add_argument("--kw", default="{}", help="extra fill_array keywords as JSON (e.g. margin, samples, steps)")
-    p.add_argument("--out", default=str(HERE / "results" / "validation.md"))
+    p.add_argument("--out", default=None, help="default: results/validation.md (results/validation_sweep.md)")
+    p.add_argument("--sweep", action="store_true", help="score a grid of patch / nlm blend weights")
     args = p.parse_args(argv)
+    if args.sweep:
+        return sweep(args, argv)
+    args.out = args.out or str(HERE / "results" / "validation.md")
     torch.set_num_threads(1)
-    truth, brain, affine, _ = RB.load_brain(Path(args.brains))
+    data, truth, brain, affine = cases(args)
     hi = float(truth[brain].max())
-    chosen = RB.choose_masks(Path(args.data), 4, truth.shape, affine, brain, print)
     model, info = load_model(args.weights, "fill", "cpu")
     kw = json.loads(args.kw)
     rows, means = [], {"patch": [], "usb": []}
-    for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[2:]):
-        img, _ = RB.paint(truth, brain, m, np.random.default_rng(1000 + i))
-        for name, fn in (("patch", lambda: fill_patch(img, m, np.random.default_rng(0), brain=brain)),
-                         ("usb", lambda: api.fill_array(img, m, model=model, device="cpu", affine=affine, **kw))):
+    for cat, name, img, m in data:
+        for method, fn in (("patch", lambda: fill_patch(img, m, np.random.default_rng(0), brain=brain)),
+                           ("usb", lambda: api.fill_array(img, m, model=model, device="cpu", affine=affine, **kw))):
             t0 = time.time()
             out = fn()
             pr, tr = M.scale01(out, 0, hi), M.scale01(truth, 0, hi)
             r = (M.masked_psnr(pr, tr, m), M.masked_ssim(pr, tr, m))
-            means[name].append(r)
-            rows.append(f"| {cat} | {path.name.split('.nii')[0]} | {name} | {r[0]:.2f} | {r[1]:.3f} | {time.time() - t0:.1f} |")
+            means[method].append(r)
+            rows.append(f"| {cat} | {name} | {method} | {r[0]:.2f} | {r[1]:.3f} | {time.time() - t0:.1f} |")
             print(rows[-1], flush=True)
     lines = ["# Validation set (sampling defaults were chosen here)", "",
              f"Command: `python benchmarks/validation.py {' '.join(argv or sys.argv[1:])}`; fill weights sha256 "
@@ -60,6 +66,63 @@ def main(argv=None):
     lines += [f"| {k} | {np.mean([a for a, _ in v]):.2f} | {np.mean([b for _, b in v]):.3f} |" for k, v in means.items()]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-4:]))
+
+
+def cases(args):
+    """(category, mask name, painted image, mask) for the validation masks, the truth, brain, affine."""
+    import run_benchmark as RB
+
+    truth, brain, affine, _ = RB.load_brain(Path(args.brains))
+    chosen = RB.choose_masks(Path(args.data), 4, truth.shape, affine, brain, print)
+    out = []
+    for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[2:]):
+        img, _ = RB.paint(truth, brain, m, np.random.default_rng(1000 + i))
+        out.append((cat, path.name.split(".nii")[0], img, m))
+    return out, truth, brain, affine
+
+
+def sweep(args, argv):
+    """Score blends (1 - p - n) * model + p * patch + n * nlm(guided by the model) on the validation masks."""
+    from usb_prep import api
+    from usb_prep import metrics as M
+    from usb_prep.classical import fill_nlm, fill_patch
+    from usb_prep.weights import load_model
+
+    torch.set_num_threads(1)
+    data, truth, brain, affine = cases(args)
+    hi = float(truth[brain].max())
+    tr = M.scale01(truth, 0, hi)
+    model, info = load_model(args.weights, "fill", "cpu")
+    kw = json.loads(args.kw)
+    grid = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]
+    scores = {w: [] for w in grid}
+    for cat, name, img, m in data:
+        t0 = time.time()
+        u = api.fill_array(img, m, model=model, device="cpu", affine=affine, **{**kw, "patch_weight": 0.0,
+                                                                               "nlm_weight": 0.0})[m]
+        pf = fill_patch(img, m, np.random.default_rng(0), brain=img > 0)[m]  # as api._blend_classical does
+        guide = img.copy()
+        guide[m] = u
+        nf = fill_nlm(img, m, brain=img > 0, guide=guide)[m]
+        for w in grid:
+            out = img.copy()
+            out[m] = (1 - sum(w)) * u + w[0] * pf + w[1] * nf
+            pr = M.scale01(out, 0, hi)
+            scores[w].append((M.masked_psnr(pr, tr, m), M.masked_ssim(pr, tr, m)))
+        print(f"{cat} {name}: {time.time() - t0:.0f} s", flush=True)
+    mean = {w: tuple(np.mean(v, 0)) for w, v in scores.items()}
+    ranked = sorted(grid, key=lambda w: -mean[w][0])
+    cur = (model.cfg.default_patch_weight, model.cfg.default_nlm_weight)
+    lines = ["# Validation sweep of the blend weights", "",
+             f"Command: `python benchmarks/validation.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+             f"fill weights sha256 {info['sha256'][:12]}..., fill keywords {kw or 'model defaults'}; "
+             f"{len(data)} masks; the model's defaults are patch {cur[0]}, nlm {cur[1]}.", "",
+             "| patch_weight | nlm_weight | model share | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
+    for w in ranked[:15] + [w for w in grid if np.allclose(w, cur) and w not in ranked[:15]]:
+        lines.append(f"| {w[0]:.1f} | {w[1]:.1f} | {1 - sum(w):.1f} | {mean[w][0]:.2f} | {mean[w][1]:.3f} |")
+    out = Path(args.out or HERE / "results" / "validation_sweep.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

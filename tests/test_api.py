@@ -233,7 +233,9 @@ def test_patch_weight_averages_model_and_classical_fills():
 
     from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.config import preset
+    from usb_prep.classical import coarse_guide
     from usb_prep.model import USBModel
+    from scipy import ndimage
 
     torch.manual_seed(0)
     model = USBModel(preset("tiny")).eval()
@@ -255,6 +257,26 @@ def test_patch_weight_averages_model_and_classical_fills():
     assert not np.allclose(nlm[m], classic[m])
     with pytest.raises(ValueError, match="sum"):
         api.fill_array(v, m, patch_weight=0.6, nlm_weight=0.6, **kw)
+    # nlm_passes: the second pass is guided by the first pass's fill; nlm_coarse: the first by a coarse fill too
+    opts = api.fill_settings(model.cfg)
+    assert (opts["nlm_passes"], opts["nlm_coarse"], opts["smooth"]) == (1, False, 0.0)
+    first = v.copy()
+    first[m] = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=alone)[m]
+    second = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=first)[m]
+    two = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.8, nlm_passes=2, **kw)
+    assert np.allclose(two[m], second, atol=1e-5) and not np.allclose(two[m], first[m], atol=1e-3)
+    assert np.array_equal(two[~m], v[~m])
+    guide = 0.5 * alone + 0.5 * coarse_guide(v, m, brain=v > 0)
+    coarse = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_coarse=True, **kw)
+    assert np.allclose(coarse[m], fill_nlm(v, m, brain=v > 0, guide=guide)[m], atol=1e-5)
+    # smooth: a Gaussian over the filled image, normalised over the brain, written back in the mask only
+    sm = api.fill_array(v, m, patch_weight=0.0, smooth=1.0, **kw)
+    w = ((v > 0) | m).astype(np.float32)
+    ref = ndimage.gaussian_filter(alone * w, 1.0) / np.maximum(ndimage.gaussian_filter(w, 1.0), 1e-6)
+    assert np.allclose(sm[m], ref[m], atol=1e-4) and np.array_equal(sm[~m], v[~m])
+    assert alone[m].std() > sm[m].std()
+    with pytest.raises(ValueError, match="smooth"):
+        api.fill_array(v, m, smooth=-1.0, **kw)
 
 
 def test_ring_bias_measures_the_prediction_offset_in_the_ring():

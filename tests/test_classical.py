@@ -3,7 +3,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from usb_prep.classical import fill_image, fill_nlm, fill_patch, fill_wmstats, kmeans_1d
+from usb_prep.classical import coarse_guide, fill_image, fill_nlm, fill_patch, fill_wmstats, kmeans_1d
 
 FILLERS = [fill_wmstats, fill_patch, fill_nlm]
 
@@ -138,6 +138,60 @@ def test_patch_guide_steers_the_match():
     assert np.array_equal(right[~hole], img[~hole])
     err = [np.abs(f[hole] - truth[hole]).mean() for f in (right, wrong)]
     assert err[0] < 0.05 < err[1]
+
+
+def test_patch_soft_weights_favour_the_best_candidates():
+    """soft > 0 weighs candidates by their distance: on a periodic texture with few exact matches among
+    the k best, the uniform mean blurs them with poor ones, the soft mean keeps to the exact ones."""
+    tile = np.random.default_rng(3).random((5, 5, 5)).astype(np.float32)
+    img = np.tile(tile, (6, 6, 6))  # period 5: 26 exact matches in an 11^3 search
+    hole = np.zeros(img.shape, bool)
+    hole[11:19, 11:19, 11:19] = True
+    inp = np.where(hole, 0, img).astype(np.float32)
+    err = [np.abs(fill_patch(inp, hole, np.random.default_rng(0), k_mean=64, soft=s)[hole] - img[hole]).mean()
+           for s in (0.0, 0.5)]
+    assert err[1] < 0.01 < 0.1 < err[0]
+
+
+def test_patch_extra_source_copies_the_mirror():
+    """extra= adds a second candidate source searched in the same window: on a left-right symmetric
+    random texture the mirrored image holds the lesion's truth, so the fill reproduces it; the image's
+    own window cannot (the texture never repeats)."""
+    from usb_prep.mirror import mirror_lr
+
+    t = np.random.default_rng(5).random((40, 32, 32)).astype(np.float32) + 0.5
+    img = t + t[::-1]  # symmetric about the centre plane of axis 0 (between voxels 19 and 20)
+    hole = np.zeros(img.shape, bool)
+    hole[6:14, 10:20, 10:20] = True
+    inp = np.where(hole, 0, img).astype(np.float32)
+    mir = mirror_lr(inp, exclude=hole, centre=19.5)
+    assert np.array_equal(mir[hole], img[hole])  # the mirror holds the truth
+    err = [np.abs(fill_patch(inp, hole, np.random.default_rng(0), tol=0.0, extra=e)[hole] - img[hole]).mean()
+           for e in (mir, None)]
+    assert err[0] < 1e-5 < 0.1 < err[1]
+    out = fill_nlm(inp, hole, extra=mir)
+    assert np.array_equal(out[~hole], inp[~hole])
+    with pytest.raises(ValueError):
+        fill_patch(inp, hole, np.random.default_rng(0), extra=mir[:-1])
+
+
+def test_coarse_guide_layout_and_alignment():
+    """The coarse-scale fill, upsampled, puts a tissue boundary where it is (no half-block shift) and
+    leaves the known voxels alone."""
+    rng = np.random.default_rng(3)
+    for b in (20, 21):  # boundary between blocks, and inside one
+        truth = np.where(np.arange(40)[:, None, None] < b, 0.3, 0.8) * np.ones((40, 40, 40))
+        truth = (truth + rng.normal(0, 0.02, truth.shape)).astype(np.float32)
+        hole = np.zeros(truth.shape, bool)
+        hole[8:32, 8:32, 8:32] = True
+        img = np.where(hole, 0, truth).astype(np.float32)
+        g = coarse_guide(img, hole)
+        assert np.array_equal(g[~hole], img[~hole])
+        assert np.abs(g[hole] - truth[hole]).mean() < 0.05
+        prof = g[12:30, 20, 20] - 0.55  # antisymmetric about the boundary b - 0.5
+        k = b - 0.5 - 12
+        assert abs(np.interp(k, np.arange(prof.size), prof)) < 0.05
+        assert np.abs(g[12:30, 20, 20][np.arange(18) + 12 < b - 2] - 0.3).max() < 0.1  # tissue, not the mean
 
 
 def test_patch_bad_args():

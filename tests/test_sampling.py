@@ -156,6 +156,9 @@ def test_windowed_blend_is_exact_for_local_ops_and_skips_outside_where():
     out = windowed(fn, a, b, 32)
     assert torch.allclose(out, a * 2 + b[:, :1], atol=1e-5)
     assert all(sh == (32, 24, 32) for sh in seen)
+    assert len(seen) == 1  # the 2 x 1 x 4 windows in one batched call
+    seen.clear()
+    assert torch.allclose(windowed(fn, a, b, 32, batch=3), out, atol=1e-6) and len(seen) == 3  # 3 + 3 + 2
     where = torch.zeros(1, 1, 40, 24, 70)
     where[..., 0:3, :, 0:3] = 1
     seen.clear()
@@ -163,6 +166,29 @@ def test_windowed_blend_is_exact_for_local_ops_and_skips_outside_where():
     assert len(seen) == 1
     assert torch.allclose(out[..., :32, :, :32], (a * 2 + b[:, :1])[..., :32, :, :32], atol=1e-5)
     assert torch.all(out[..., 32:, :, :] == 0) and torch.all(out[..., :, :, 32:] == 0)
+
+
+def test_batch_of_one_runs_as_two_on_the_cpu():
+    """_batch2: a single CPU sample goes through the net as a batch of two copies (oneDNN's fast conv3d);
+    the result is the single sample's, for tensor and scalar timesteps alike."""
+    from usb_prep.model import _batch2
+
+    calls = []
+
+    def net(x, c, t):
+        calls.append((x.shape[0], c.shape[0], tuple(t.shape)))
+        return x * t.reshape(-1, 1, 1, 1, 1) + c
+
+    x, c = torch.randn(1, 1, 4, 4, 4), torch.randn(1, 1, 4, 4, 4)
+    for t in (torch.tensor([3.0]), torch.tensor(3.0)):
+        out = _batch2(net, x, c, t)
+        assert out.shape == x.shape and torch.allclose(out, 3 * x + c)
+    assert calls == [(2, 2, (2,)), (2, 2, (2,))]
+    calls.clear()
+    _batch2(net, torch.cat([x, x]), torch.cat([c, c]), torch.tensor([1.0, 2.0]))
+    big = torch.zeros(1, 1, 33, 32, 32)  # above 32^3: oneDNN's path anyway, no copy
+    _batch2(net, big, big, torch.tensor([1.0]))
+    assert calls == [(2, 2, (2,)), (1, 1, (1,))]
 
 
 def test_model_window_matches_training_patch_inputs():
@@ -173,15 +199,15 @@ def test_model_window_matches_training_patch_inputs():
     torch.manual_seed(0)
     m = USBModel(preset("tiny", window=16), precision="fp32").eval()
     calls = []
-    m.brain_net.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape[2:])))
+    m.brain_net.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape)))
     cond = m.brain_cond(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16),
                         torch.ones(1, 1, 16, 16, 16), None)
     y = torch.randn(1, 1, 16, 16, 16)
     t = torch.full((1,), 10)
     with torch.no_grad():
         one = m.brain_out(y, cond, t)
-        assert calls == [(16, 16, 16)]
+        assert calls == [(2, 1, 16, 16, 16)]  # one sample, run as two on the CPU (_batch2)
         big = m.brain_out(y.repeat(1, 1, 2, 1, 1), cond.repeat(1, 1, 2, 1, 1), t)
-    assert calls[1:] == [(16, 16, 16)] * 3  # starts 0, 8, 16 along the long axis
+    assert calls[1:] == [(3, 1, 16, 16, 16)]  # windows at 0, 8, 16 along the long axis, one batch
     assert big.shape == (1, 1, 32, 16, 16)
     assert torch.allclose(big[:, :, :4], one[:, :, :4], atol=1e-5)  # covered by the first window only

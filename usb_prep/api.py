@@ -111,6 +111,9 @@ def fill_array(
     samples: int | None = None,
     patch_weight: float | None = None,
     nlm_weight: float | None = None,
+    nlm_passes: int | None = None,
+    nlm_coarse: bool | None = None,
+    smooth: float | None = None,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
@@ -122,7 +125,8 @@ def fill_array(
     image itself, complementary to the model's mean estimate) and
     ``nlm_weight`` (share of the non-local-means patch fill: the mean of the
     best-matching patches' centres, matched against the model's fill as well
-    as the known border) default to the model's config (see
+    as the known border), ``nlm_passes``, ``nlm_coarse`` and ``smooth`` (see
+    :func:`_blend_classical`) default to the model's config (see
     :func:`fill_settings`); the model's fill gets the rest.
     """
     dev = resolve_device(device)
@@ -130,7 +134,7 @@ def fill_array(
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
     opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight,
-                         nlm_weight=nlm_weight)
+                         nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, smooth=smooth)
     steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
     if cfg.grid is not None:
@@ -139,31 +143,76 @@ def fill_array(
     else:
         out = _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region,
                             target, progress, affine, calibrate, samples)
+    return _blend(out, image, mask, seed, opts, affine)
+
+
+def blend_fill(model_fill: np.ndarray, image: np.ndarray, mask: np.ndarray, cfg, *, seed: int = 0,
+               affine: np.ndarray | None = None, **settings) -> np.ndarray:
+    """The last stage of :func:`fill_array`: the model's own fill (``fill_array`` with ``patch_weight=0,
+    nlm_weight=0``) averaged with the patch fills, per ``settings`` (:func:`fill_settings` keywords) and
+    the model config ``cfg``. ``fill_array(x, seed=s)`` equals ``blend_fill(model_only, x, ..., seed=s)``:
+    callers that want both the model's fill and the default fill run the model once.
+    """
+    return _blend(np.array(model_fill, np.float32, copy=True), image, np.asarray(mask, bool), seed,
+                  fill_settings(cfg, **settings), affine)
+
+
+def _blend(out, image, mask, seed, opts, affine):
     if mask.any():
-        out[mask] = _blend_classical(out, image, mask, seed, opts["patch_weight"], opts["nlm_weight"])
+        out[mask] = _blend_classical(out, image, mask, seed, opts)
     return out
 
 
-def _blend_classical(model_fill, image, mask, seed, w_patch, w_nlm) -> np.ndarray:
-    """Lesion voxels of the weighted average of the model's fill and the two patch fills.
+def _blend_classical(model_fill, image, mask, seed, opts) -> np.ndarray:
+    """Lesion voxels of the weighted average of the model's fill and the two patch fills (``opts``:
+    :func:`fill_settings`).
 
     The non-local-means fill is guided by the model's: its patch distances see the model's values in
     the unfilled lesion, so deep inside big lesions it copies real tissue that fits the model's layout.
-    The model's smooth mean estimate and the patch fills (texture copied from the image itself)
-    err differently, so their average beats each of them.
+    With ``nlm_coarse`` that guide is the mean of the model's fill and the nlm fill of a 2x coarser
+    copy (whose patches reach twice as far from the border); with ``nlm_passes`` > 1 each further
+    pass is guided by the previous pass's average. The model's smooth mean estimate and the patch
+    fills (texture copied from the image itself) err differently, so their average beats each of them.
+    ``smooth`` > 0 finally smooths the fill by a Gaussian of that sigma (voxels), normalised over the
+    brain: the fill's own copying noise averages out.
     """
-    from .classical import fill_nlm, fill_patch
+    from .classical import coarse_guide, fill_nlm, fill_patch
 
-    out = (1 - w_patch - w_nlm) * model_fill[mask]
+    w_patch, w_nlm = opts["patch_weight"], opts["nlm_weight"]
     img = np.asarray(image, np.float32)
+    brain = img > 0
+    base = (1 - w_patch - w_nlm) * model_fill[mask]
     if w_patch > 0:
-        out += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=img > 0)[mask]
+        base += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=brain)[mask]
+    out = base
     if w_nlm > 0:
-        out += w_nlm * fill_nlm(img, mask, brain=img > 0, guide=model_fill)[mask]
+        guide = model_fill
+        if opts["nlm_coarse"]:
+            guide = 0.5 * model_fill + 0.5 * coarse_guide(img, mask, brain=brain)
+        for _ in range(opts["nlm_passes"]):
+            out = base + w_nlm * fill_nlm(img, mask, brain=brain, guide=guide)[mask]
+            guide = img.copy()
+            guide[mask] = out
+    if opts["smooth"] > 0:
+        out = _smooth_in(img, mask, out, brain | mask, opts["smooth"])
     return out
 
 
-def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None) -> dict:
+def _smooth_in(img, mask, values, brain, sigma) -> np.ndarray:
+    """``values`` (the mask's voxels) smoothed with their surroundings by a Gaussian normalised over ``brain``."""
+    box = crops.lesion_boxes(mask, int(np.ceil(4 * sigma)) + 1, 1, 1)
+    full = img.copy()
+    full[mask] = values
+    out = full.copy()
+    for bx in box:
+        v, w = crops.extract(full, bx), crops.extract(brain, bx).astype(np.float32)
+        sm = ndimage.gaussian_filter(v * w, sigma) / np.maximum(ndimage.gaussian_filter(w, sigma), 1e-6)
+        crops.paste(out, bx, sm.astype(np.float32), mask)
+    return out[mask]
+
+
+def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None,
+                  nlm_passes=None, nlm_coarse=None, smooth=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
     opts = {
         "steps": steps or cfg.default_steps,
@@ -171,10 +220,15 @@ def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=No
         "samples": max(1, int(samples or cfg.default_samples)),
         "patch_weight": float(cfg.default_patch_weight if patch_weight is None else patch_weight),
         "nlm_weight": float(cfg.default_nlm_weight if nlm_weight is None else nlm_weight),
+        "nlm_passes": max(1, int(cfg.default_nlm_passes if nlm_passes is None else nlm_passes)),
+        "nlm_coarse": bool(cfg.default_nlm_coarse if nlm_coarse is None else nlm_coarse),
+        "smooth": float(cfg.default_smooth if smooth is None else smooth),
     }
     w = (opts["patch_weight"], opts["nlm_weight"])
     if min(w) < 0 or sum(w) > 1 + 1e-6:
         raise ValueError(f"patch_weight and nlm_weight must be >= 0 with a sum <= 1, got {w[0]} and {w[1]}")
+    if opts["smooth"] < 0:
+        raise ValueError(f"smooth must be >= 0, got {opts['smooth']}")
     return opts
 
 
@@ -492,7 +546,8 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
-                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight")}
+                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse",
+                                           "smooth")}
                 settings.update(fill_settings(model.cfg, steps=steps, **given))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,

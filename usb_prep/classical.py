@@ -195,6 +195,21 @@ def _patch_offsets(radius: int, strides: tuple[int, ...]) -> np.ndarray:
     return (gz * strides[0] + gy * strides[1] + gx * strides[2]).ravel()
 
 
+def _match(S, Vs, ker, W, cube, kcube):
+    """Weighted squared patch distances (numerators) and overlaps of every window offset, as grouped
+    3-D correlations: one group per target voxel (see :func:`fill_patch`)."""
+    import torch  # lazy: only the patch fillers need it
+
+    n = S.shape[0]
+    inp = np.stack([Vs * S * S, Vs * S, Vs], axis=1).reshape(1, 3 * n, *cube[1:])
+    with torch.no_grad():
+        num = torch.nn.functional.conv3d(torch.from_numpy(np.ascontiguousarray(inp)),
+                                         torch.from_numpy(np.ascontiguousarray(ker)), groups=n)
+        cnt = torch.nn.functional.conv3d(torch.from_numpy(np.ascontiguousarray(Vs.reshape(1, *cube))),
+                                         torch.from_numpy(np.ascontiguousarray(W.reshape(kcube))), groups=n)
+    return num.reshape(n, -1).numpy(), cnt.reshape(n, -1).numpy()
+
+
 def fill_patch(
     image: np.ndarray,
     mask: np.ndarray,
@@ -209,6 +224,8 @@ def fill_patch(
     k_mean: int = 1,
     guide: np.ndarray | None = None,
     guide_weight: float = 0.3,
+    soft: float = 0.0,
+    extra: np.ndarray | None = None,
 ) -> np.ndarray:
     """Non-local patch-based inward ("onion peeling") lesion filling.
 
@@ -272,6 +289,17 @@ def fill_patch(
         border; the values copied still come from outside the lesion.
     guide_weight : float
         Weight of guide voxels in the distance (known voxels weigh 1).
+    soft : float
+        0 (default): the ``k_mean`` best candidates count equally. Above 0:
+        candidate ``i`` weighs ``exp(-(d_i - d_best) / (soft * d_best))``, so
+        candidates much worse than the best one count little (relative, hence
+        free of the image's noise level).
+    extra : ndarray, optional
+        A second source of candidates on the same grid, searched in the same
+        window around each voxel (its centre included), e.g. the brain mirrored
+        across the midline (:func:`usb_prep.mirror.mirror_lr`): a unilateral
+        lesion then also matches its healthy counterpart. Zero = no value. Its
+        values are copied like the image's own; it is never filled.
 
     Returns
     -------
@@ -279,8 +307,6 @@ def fill_patch(
         Filled copy, dtype ``result_type(image.dtype, float32)``; bit-identical
         to ``image`` outside ``mask``.
     """
-    import torch  # lazy: only this filler needs it
-
     if patch % 2 != 1 or search % 2 != 1 or patch < 1 or search < 3:
         raise ValueError("patch and search must be odd (patch >= 1, search >= 3)")
     out, mask = _prepare(image, mask)
@@ -317,6 +343,13 @@ def fill_patch(
     lo_v = np.float32(lo_v)
     scale = np.float32(hi_v - lo_v) if hi_v > lo_v else np.float32(1.0)
     work = ((seen - lo_v) / scale).astype(np.float32)  # float32 keeps the conv fast
+    if extra is not None:
+        if np.shape(extra) != mask.shape:
+            raise ValueError(f"extra has shape {np.shape(extra)}, need {mask.shape}")
+        extra_raw = _padc(np.nan_to_num(np.asarray(extra, np.float32))[sl])
+        extra_ok = (extra_raw != 0) & brain_pad  # never filled: its validity is fixed
+        extra_w = np.where(extra_ok, (extra_raw - lo_v) / scale, 0).astype(np.float32)
+        flat_e_ok, flat_e_w, flat_e_raw = extra_ok.ravel(), extra_w.ravel(), extra_raw.ravel()
 
     shape = work.shape
     strides = tuple(int(np.prod(shape[i + 1:])) for i in range(3))
@@ -350,37 +383,38 @@ def fill_patch(
             W = Vs[:, sub]
             cube = (n, ctx, ctx, ctx)
             kcube = (n, 1, patch, patch, patch)
-            inp = np.stack([Vs * S * S, Vs * S, Vs], axis=1).reshape(1, 3 * n, ctx, ctx, ctx)
             ker = np.stack([W, -2.0 * W * T, W * T * T], axis=1).reshape(n, 3, patch, patch, patch)
-            with torch.no_grad():
-                num = torch.nn.functional.conv3d(
-                    torch.from_numpy(np.ascontiguousarray(inp)),
-                    torch.from_numpy(np.ascontiguousarray(ker)), groups=n,
-                ).reshape(n, -1).numpy()
-                cnt = torch.nn.functional.conv3d(
-                    torch.from_numpy(np.ascontiguousarray(Vs.reshape(1, *cube))),
-                    torch.from_numpy(np.ascontiguousarray(W.reshape(kcube))), groups=n,
-                ).reshape(n, -1).numpy()
             need = np.maximum(min_overlap * W.sum(1, keepdims=True), 1.0)
+            num, cnt = _match(S, Vs, ker, W, cube, kcube)
             ok = (cnt >= need - 1e-3) & flat_ok[idx[:, cen]]
             ok[:, centre_idx] = False
             dist = np.where(ok, np.maximum(num, 0.0) / np.maximum(cnt, 1.0), np.inf)
+            cand = flat_raw[idx[:, cen]]  # (n, search^3) candidate centre values
+            if extra is not None:  # same window in the second source, its centre included
+                Ve = flat_e_ok[idx].astype(np.float32)
+                num_e, cnt_e = _match(flat_e_w[idx], Ve, ker, W, cube, kcube)
+                ok_e = (cnt_e >= need - 1e-3) & flat_e_ok[idx[:, cen]]
+                dist = np.concatenate([dist, np.where(ok_e, np.maximum(num_e, 0.0) / np.maximum(cnt_e, 1.0),
+                                                      np.inf)], 1)
+                cand = np.concatenate([cand, flat_e_raw[idx[:, cen]]], 1)
             best = dist.min(1, keepdims=True)
             if k_mean > 1:  # mean of the k best candidates' centres: a lower-variance estimate
                 kk = min(k_mean, dist.shape[1])
                 part = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
                 dk = np.take_along_axis(dist, part, 1)
                 wk = np.isfinite(dk).astype(np.float32)
-                srcs = idx[:, cen][np.arange(n)[:, None], part]
-                vals = ((flat_raw[srcs] * wk).sum(1) / np.maximum(wk.sum(1), 1.0)).astype(np.float32)
+                if soft > 0:  # relative distance weights; the best candidate weighs 1
+                    b = np.where(np.isfinite(best), best, 0.0)  # rows without candidates: fallback below
+                    rel = (np.where(wk > 0, dk, b) - b) / (soft * np.maximum(b, 1e-6))
+                    wk *= np.exp(-rel).astype(np.float32)
+                vals = ((np.take_along_axis(cand, part, 1) * wk).sum(1) / np.maximum(wk.sum(1), 1.0))
+                vals = vals.astype(np.float32)
             else:
                 # Uniform choice among near-best candidates: argmax of random keys.
-                near_best = ok & (dist <= best * (1.0 + tol) + 1e-9)
+                near_best = np.isfinite(dist) & (dist <= best * (1.0 + tol) + 1e-9)
                 keys = rng.random(near_best.shape, dtype=np.float32)
                 keys[~near_best] = -1.0
-                pick = keys.argmax(1)
-                src = idx[:, cen][np.arange(n), pick]
-                vals = flat_raw[src]
+                vals = cand[np.arange(n), keys.argmax(1)]
             none = ~np.isfinite(best[:, 0])
             if none.any():  # fallback: mean of the valid voxels in the patch
                 known = valid.ravel()[idx[none][:, sub]]  # guide voxels have no raw value yet
@@ -404,6 +438,43 @@ def fill_patch(
 
 
 NLM_K, NLM_SEARCH = 16, 15  # chosen on the validation masks (benchmarks/validation.py)
+
+
+def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None, factor: int = 2,
+                 levels: int = 1, **kwargs) -> np.ndarray:
+    """A layout estimate for the lesion: the non-local-means fill of a ``factor`` times coarser copy, upsampled.
+
+    At the coarse scale the same patches and search window span ``factor`` times more tissue, so deep
+    inside big lesions the fill still matches structure from the border. Coarse voxels are the block
+    means of their known voxels; a block with fewer than half known voxels is filled. With ``levels`` > 1
+    the coarse fill is itself guided by the next coarser one (a pyramid). Returns ``image`` with the
+    upsampled fill in ``mask`` (a guide for :func:`fill_nlm`). ``kwargs`` go to the coarse fills.
+    """
+    out, mask = _prepare(image, mask)
+    if not mask.any():
+        return out
+    if brain is None:
+        brain = (out != 0) | mask
+    kwargs.setdefault("k_mean", NLM_K)
+    kwargs.setdefault("search", NLM_SEARCH)
+    ctx = (kwargs["search"] // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
+    sl = _bbox(mask, (ctx,) * 3)
+    m = mask[sl]
+    pad = [(0, -n % factor) for n in m.shape]  # whole blocks; padding counts as unknown, not lesion
+    known = np.pad(~m & np.asarray(brain, bool)[sl], pad).astype(np.float32)
+    blocks = tuple(x for n in known.shape for x in (n // factor, factor))
+    cnt = known.reshape(blocks).sum((1, 3, 5))
+    coarse = (np.pad(out[sl], pad) * known).reshape(blocks).sum((1, 3, 5)) / np.maximum(cnt, 1)
+    hole = (np.pad(m, pad).reshape(blocks).sum((1, 3, 5)) > 0) & (cnt < factor ** 3 / 2)
+    coarse, cbrain = coarse.astype(np.float32), (cnt > 0) | hole
+    if levels > 1 and hole.any():
+        kwargs["guide"] = coarse_guide(coarse, hole, cbrain, factor, levels - 1, **kwargs)
+    filled = fill_patch(coarse, hole, np.random.default_rng(0), brain=cbrain, **kwargs)
+    # grid_mode: a coarse voxel is the area of its block, so the upsampled grid lines up with the fine one
+    up = ndimage.zoom(filled, factor, order=1, grid_mode=True, mode="nearest")[tuple(slice(0, n) for n in m.shape)]
+    region = out[sl]
+    region[mask[sl]] = up[mask[sl]]
+    return out
 
 
 def fill_nlm(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None, **kwargs) -> np.ndarray:

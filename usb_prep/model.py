@@ -129,7 +129,7 @@ class USBModel(nn.Module):
     def lesion_out(self, x_t, y_t, t):
         """Raw USB_lesion output (eps or v, per ``cfg.prediction``)."""
         with self._autocast(x_t):
-            return self.lesion_net(x_t, y_t, t).float()
+            return _batch2(self.lesion_net, x_t, y_t, t).float()
 
     def brain_out(self, y_t, cond, t, where: torch.Tensor | None = None):
         """Raw USB_brain output (eps or v, per ``cfg.prediction``).
@@ -141,8 +141,11 @@ class USBModel(nn.Module):
         w = self.cfg.window
         if w is None or all(s <= w for s in y_t.shape[2:]):
             with self._autocast(y_t):
-                return self.brain_net(y_t, cond, t).float()
-        return windowed(lambda a, b: self.brain_out(a, b, t), y_t, cond, w, where)
+                return _batch2(self.brain_net, y_t, cond, t).float()
+        if y_t.shape[0] == 1:  # windows batched: t repeated for each
+            return windowed(lambda a, b: self.brain_out(a, b, t.reshape(-1)[:1].expand(a.shape[0])), y_t, cond, w,
+                            where)
+        return windowed(lambda a, b: self.brain_out(a, b, t), y_t, cond, w, where, batch=1)
 
     def predict_lesion(self, x_t, y_t, t):
         """``(eps_hat, x0_hat)`` of the lesion chain."""
@@ -160,20 +163,48 @@ def _starts(size: int, w: int) -> list[int]:
     return sorted({round(i * (size - w) / (n - 1)) for i in range(n)})
 
 
-def windowed(fn, a: torch.Tensor, b: torch.Tensor, w: int, where: torch.Tensor | None = None) -> torch.Tensor:
-    """``fn(a_win, b_win)`` over overlapping ``w``-cubes, blended with tent weights."""
+def _batch2(net, x, *args):
+    """``net(x, *args)``; a small batch of one on the CPU runs as a batch of two (a copy), then the first
+    is kept.
+
+    PyTorch's CPU conv3d leaves oneDNN for a much slower kernel when N * C * D * H is small, e.g.
+    one 32^3 sample with 16 channels: measured 17x slower per sample than a batch of two (AVX2).
+    Inputs above 32^3 voxels (e.g. the 48x56x48 generation grid) keep most layers on oneDNN, and
+    the copy would cost more than it saves there (measured: 3.2 s vs 1.7 s).
+    """
+    if x.shape[0] != 1 or x.device.type != "cpu" or x[0, 0].numel() > 32 ** 3:
+        return net(x, *args)
+    two = [torch.cat([a, a]) if torch.is_tensor(a) and a.ndim > 0 and a.shape[0] == 1 else a for a in (x, *args)]
+    if torch.is_tensor(two[-1]) and two[-1].ndim == 0:  # a scalar timestep
+        two[-1] = two[-1].expand(2)
+    return net(*two)[:1]
+
+
+def windowed(fn, a: torch.Tensor, b: torch.Tensor, w: int, where: torch.Tensor | None = None,
+             batch: int = 8) -> torch.Tensor:
+    """``fn(a_win, b_win)`` over overlapping ``w``-cubes, blended with tent weights.
+
+    With a batch of one, up to ``batch`` windows go through ``fn`` at once (stacked along the batch
+    axis: the same result, several times faster on the CPU); ``batch=1`` calls it window by window.
+    """
     sizes = a.shape[2:]
     wins = [min(w, s) for s in sizes]
     ramp = [1.0 - 0.9 * torch.linspace(-1, 1, n, device=a.device).abs() for n in wins]
     weight = ramp[0][:, None, None] * ramp[1][None, :, None] * ramp[2][None, None, :]
     out = torch.zeros((a.shape[0], 1, *sizes), device=a.device)
     norm = torch.zeros((1, 1, *sizes), device=a.device)
+    todo = []
     for i in _starts(sizes[0], w):
         for j in _starts(sizes[1], w):
             for k in _starts(sizes[2], w):
                 sl = (slice(None), slice(None), slice(i, i + wins[0]), slice(j, j + wins[1]), slice(k, k + wins[2]))
-                if where is not None and not bool(where[sl].any()):
-                    continue
-                out[sl] += fn(a[sl], b[sl]) * weight
-                norm[sl] += weight
+                if where is None or bool(where[sl].any()):
+                    todo.append(sl)
+    step = batch if a.shape[0] == 1 else 1
+    for c in range(0, len(todo), step):
+        group = todo[c:c + step]
+        res = fn(torch.cat([a[sl] for sl in group]), torch.cat([b[sl] for sl in group]))
+        for n, sl in enumerate(group):
+            out[sl] += res[n:n + 1] * weight
+            norm[sl] += weight
     return out / norm.clamp(min=1e-6)
