@@ -139,19 +139,22 @@ def run(args):
 
 
 def write_table(args):
+    runs = {f.stem: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
+    common = set.intersection(*[{r["mask"] for r in rows} for rows in runs.values()]) if runs else set()
     lines = ["# Variants of the guided nlm fill (validation masks)", "",
-             "Command: `python benchmarks/fill_variants.py --variants NAME ...` then `--table`; 8 validation masks "
+             "Command: `python benchmarks/fill_variants.py --variants CHAIN ...` then `--table`; validation masks "
              "(benchmarks/validation.py), 1 thread. `alone`: the variant's nlm fill; `blend`: 0.2 patch + 0.8 "
-             "variant (the shipped blend). Means over cases.", "",
-             "| variant | alone PSNR | alone SSIM | blend PSNR | blend SSIM | large-stroke blend PSNR | time s |",
-             "|---|---|---|---|---|---|---|"]
-    for f in sorted(RESULTS.glob("*.json")):
-        rows = json.loads(f.read_text())
-        a = np.mean([r["alone"] for r in rows], 0)
-        b = np.mean([r["blend"] for r in rows], 0)
-        big = np.mean([r["blend"][0] for r in rows if r["category"] == "stroke_large"])
-        t = np.mean([r["time_s"] for r in rows])
-        lines.append(f"| {f.stem} | {a[0]:.2f} | {a[1]:.3f} | {b[0]:.2f} | {b[1]:.3f} | {big:.2f} | {t:.1f} |")
+             "variant (before smoothing). Means over the cases every variant has "
+             f"({len(common)}: {', '.join(sorted(common))}); per-case rows below.", "",
+             "| variant | alone PSNR | alone SSIM | blend PSNR | blend SSIM |", "|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        sel = [r for r in rows if r["mask"] in common]
+        a, b = np.mean([r["alone"] for r in sel], 0), np.mean([r["blend"] for r in sel], 0)
+        lines.append(f"| {name} | {a[0]:.2f} | {a[1]:.3f} | {b[0]:.2f} | {b[1]:.3f} |")
+    lines += ["", "| variant | category | mask | blend PSNR | blend SSIM |", "|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        lines += [f"| {name} | {r['category']} | {r['mask']} | {r['blend'][0]:.2f} | {r['blend'][1]:.3f} |"
+                  for r in rows]
     (HERE / "results" / "fill_variants.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
