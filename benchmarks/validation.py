@@ -6,9 +6,10 @@ first two), painted as in run_benchmark.py; in-mask PSNR / SSIM of the packaged 
     python benchmarks/validation.py [--weights DIR] [--kw '{"margin": 1}'] -> benchmarks/results/validation.md
     python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
 
-``--sweep`` computes each part of the default fill once per case (the model's fill, the classical patch
-fill, the nlm fill guided by the model's) and scores every blend on a 0.1 grid of ``patch_weight`` and
-``nlm_weight``: how the shipped defaults were chosen.
+``--sweep`` computes each part of the fill once per case (the model's fill, the classical patch fill,
+the nlm fill guided by the model's) and scores every blend on a 0.1 grid of ``patch_weight`` and
+``nlm_weight``: how the blend weights were chosen. The coarse guide and the smoothing were chosen with
+``fill_variants.py``.
 """
 from __future__ import annotations
 
