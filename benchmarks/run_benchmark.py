@@ -200,7 +200,7 @@ def build_methods(args, log):
     }
     missing = {}
     usb_names = ([f"usb_model_s{min(args.steps)}"] + [f"usb_fill_s{s}" for s in args.steps]
-                 + [f"usb_prev_s{min(args.steps)}"]
+                 + [f"usb_coarse_s{min(args.steps)}"]
                  + ([] if args.no_heal else [f"usb_heal_s{args.heal_steps}"]))
     try:
         from usb_prep import api
@@ -235,8 +235,8 @@ def build_methods(args, log):
     methods[f"usb_model_s{s0}"] = lambda c: (lambda u, reused: (u, None, reused))(*model_only(c, s0))
     for s in args.steps:
         methods[f"usb_fill_s{s}"] = usb_fill(s)
-    # the previous release's default: one nlm pass guided by the model's fill, no coarse guide, no smoothing
-    methods[f"usb_prev_s{s0}"] = usb_fill(s0, nlm_passes=1, nlm_coarse=False, smooth=0.0)
+    # the candidate tried last (not the default): the coarse guide and a 0.5-voxel smoothing
+    methods[f"usb_coarse_s{s0}"] = usb_fill(s0, nlm_coarse=True, smooth=0.5)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",
