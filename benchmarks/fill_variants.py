@@ -30,8 +30,9 @@ def chains(affine):
     """name -> f(img, mask, model fill image, patch fill image) -> {variant: nlm fill (whole image)}.
 
     A chain runs passes that build on each other and reports every pass: ``iter`` is the shipped nlm
-    fill (``base``), then the nlm fill guided by the first pass's blend (``iter2``); ``coarse`` starts from a guide that averages the model's fill with the
-    coarse-scale fill (:func:`usb_prep.classical.coarse_guide`).
+    fill (``base``), then the nlm fill guided by the first pass's blend (``iter2``); ``coarse`` starts
+    from a guide that averages the model's fill with the coarse-scale fill
+    (:func:`usb_prep.classical.coarse_guide`).
     """
     from usb_prep import classical as C
     from usb_prep.mirror import mirror_lr

@@ -546,8 +546,8 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
-                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse",
-                                           "smooth")}
+                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",
+                                                "nlm_coarse", "smooth")}
                 settings.update(fill_settings(model.cfg, steps=steps, **given))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,

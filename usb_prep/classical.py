@@ -195,9 +195,10 @@ def _patch_offsets(radius: int, strides: tuple[int, ...]) -> np.ndarray:
     return (gz * strides[0] + gy * strides[1] + gx * strides[2]).ravel()
 
 
-def _match(S, Vs, ker, W, cube, kcube):
-    """Weighted squared patch distances (numerators) and overlaps of every window offset, as grouped
-    3-D correlations: one group per target voxel (see :func:`fill_patch`)."""
+def _match(S, Vs, ker, W, cube, kcube, need, centre_ok):
+    """Mean squared patch distance of every window offset, computed as grouped 3-D correlations (one group
+    per target voxel, see :func:`fill_patch`); inf where the overlap is below ``need`` or ``centre_ok`` is
+    false."""
     import torch  # lazy: only the patch fillers need it
 
     n = S.shape[0]
@@ -207,7 +208,8 @@ def _match(S, Vs, ker, W, cube, kcube):
                                          torch.from_numpy(np.ascontiguousarray(ker)), groups=n)
         cnt = torch.nn.functional.conv3d(torch.from_numpy(np.ascontiguousarray(Vs.reshape(1, *cube))),
                                          torch.from_numpy(np.ascontiguousarray(W.reshape(kcube))), groups=n)
-    return num.reshape(n, -1).numpy(), cnt.reshape(n, -1).numpy()
+    num, cnt = num.reshape(n, -1).numpy(), cnt.reshape(n, -1).numpy()
+    return np.where((cnt >= need - 1e-3) & centre_ok, np.maximum(num, 0.0) / np.maximum(cnt, 1.0), np.inf)
 
 
 def fill_patch(
@@ -385,17 +387,14 @@ def fill_patch(
             kcube = (n, 1, patch, patch, patch)
             ker = np.stack([W, -2.0 * W * T, W * T * T], axis=1).reshape(n, 3, patch, patch, patch)
             need = np.maximum(min_overlap * W.sum(1, keepdims=True), 1.0)
-            num, cnt = _match(S, Vs, ker, W, cube, kcube)
-            ok = (cnt >= need - 1e-3) & flat_ok[idx[:, cen]]
-            ok[:, centre_idx] = False
-            dist = np.where(ok, np.maximum(num, 0.0) / np.maximum(cnt, 1.0), np.inf)
+            centre_ok = flat_ok[idx[:, cen]]
+            centre_ok[:, centre_idx] = False
+            dist = _match(S, Vs, ker, W, cube, kcube, need, centre_ok)
             cand = flat_raw[idx[:, cen]]  # (n, search^3) candidate centre values
             if extra is not None:  # same window in the second source, its centre included
                 Ve = flat_e_ok[idx].astype(np.float32)
-                num_e, cnt_e = _match(flat_e_w[idx], Ve, ker, W, cube, kcube)
-                ok_e = (cnt_e >= need - 1e-3) & flat_e_ok[idx[:, cen]]
-                dist = np.concatenate([dist, np.where(ok_e, np.maximum(num_e, 0.0) / np.maximum(cnt_e, 1.0),
-                                                      np.inf)], 1)
+                dist = np.concatenate([dist, _match(flat_e_w[idx], Ve, ker, W, cube, kcube, need,
+                                                    flat_e_ok[idx[:, cen]])], 1)
                 cand = np.concatenate([cand, flat_e_raw[idx[:, cen]]], 1)
             best = dist.min(1, keepdims=True)
             if k_mean > 1:  # mean of the k best candidates' centres: a lower-variance estimate
@@ -441,23 +440,21 @@ NLM_K, NLM_SEARCH = 16, 15  # chosen on the validation masks (benchmarks/validat
 
 
 def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None = None, factor: int = 2,
-                 levels: int = 1, **kwargs) -> np.ndarray:
+                 **kwargs) -> np.ndarray:
     """A layout estimate for the lesion: the non-local-means fill of a ``factor`` times coarser copy, upsampled.
 
     At the coarse scale the same patches and search window span ``factor`` times more tissue, so deep
     inside big lesions the fill still matches structure from the border. Coarse voxels are the block
-    means of their known voxels; a block with fewer than half known voxels is filled. With ``levels`` > 1
-    the coarse fill is itself guided by the next coarser one (a pyramid). Returns ``image`` with the
-    upsampled fill in ``mask`` (a guide for :func:`fill_nlm`). ``kwargs`` go to the coarse fills.
+    means of their known voxels; a block with fewer than half known voxels is filled. Returns ``image``
+    with the upsampled fill in ``mask`` (a guide for :func:`fill_nlm`). ``kwargs`` go to the coarse
+    :func:`fill_nlm`.
     """
     out, mask = _prepare(image, mask)
     if not mask.any():
         return out
     if brain is None:
         brain = (out != 0) | mask
-    kwargs.setdefault("k_mean", NLM_K)
-    kwargs.setdefault("search", NLM_SEARCH)
-    ctx = (kwargs["search"] // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
+    ctx = (kwargs.get("search", NLM_SEARCH) // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
     sl = _bbox(mask, (ctx,) * 3)
     m = mask[sl]
     pad = [(0, -n % factor) for n in m.shape]  # whole blocks; padding counts as unknown, not lesion
@@ -467,9 +464,7 @@ def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None =
     coarse = (np.pad(out[sl], pad) * known).reshape(blocks).sum((1, 3, 5)) / np.maximum(cnt, 1)
     hole = (np.pad(m, pad).reshape(blocks).sum((1, 3, 5)) > 0) & (cnt < factor ** 3 / 2)
     coarse, cbrain = coarse.astype(np.float32), (cnt > 0) | hole
-    if levels > 1 and hole.any():
-        kwargs["guide"] = coarse_guide(coarse, hole, cbrain, factor, levels - 1, **kwargs)
-    filled = fill_patch(coarse, hole, np.random.default_rng(0), brain=cbrain, **kwargs)
+    filled = fill_nlm(coarse, hole, brain=cbrain, **kwargs)
     # grid_mode: a coarse voxel is the area of its block, so the upsampled grid lines up with the fine one
     up = ndimage.zoom(filled, factor, order=1, grid_mode=True, mode="nearest")[tuple(slice(0, n) for n in m.shape)]
     region = out[sl]

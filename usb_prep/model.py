@@ -142,10 +142,10 @@ class USBModel(nn.Module):
         if w is None or all(s <= w for s in y_t.shape[2:]):
             with self._autocast(y_t):
                 return _batch2(self.brain_net, y_t, cond, t).float()
-        if y_t.shape[0] == 1:  # windows batched: t repeated for each
+        if y_t.shape[0] == 1:  # windows go in batches (windowed): the one timestep repeated for each
             return windowed(lambda a, b: self.brain_out(a, b, t.reshape(-1)[:1].expand(a.shape[0])), y_t, cond, w,
                             where)
-        return windowed(lambda a, b: self.brain_out(a, b, t), y_t, cond, w, where, batch=1)
+        return windowed(lambda a, b: self.brain_out(a, b, t), y_t, cond, w, where)  # window by window
 
     def predict_lesion(self, x_t, y_t, t):
         """``(eps_hat, x0_hat)`` of the lesion chain."""
