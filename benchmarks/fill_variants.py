@@ -4,8 +4,9 @@
     python benchmarks/fill_variants.py --variants iter coarse mirror -> benchmarks/results/variants/NAME.json
     python benchmarks/fill_variants.py --table -> benchmarks/results/fill_variants.md
 
-The model's own fill and the classical patch fill of each case are computed once and cached under
-``benchmarks/cache/variants/`` (they do not depend on the variant); each variant is then one nlm fill per
+The model's own fill and the classical patch fill of each case are computed once and cached
+(``validation.cache_parts``; they do not depend on the variant), the variants' fills under
+``benchmarks/cache/variants/``; each variant is then one nlm fill per
 case (or a chain of them, see :func:`chains`), scored alone and in the shipped blend (0.2 patch + 0.8
 variant). Run two processes side by side (one thread each) to use both cores.
 """
@@ -64,42 +65,21 @@ def chains(affine):
 
 def cached_parts(args, only_cached=False):
     """The truth, brain, affine and an iterator over the validation cases: (category, name, image, mask,
-    model fill image, patch fill values). With ``--wait``, another process is filling the cache."""
+    model fill image, patch fill values), from ``validation.cache_parts`` (computed there unless
+    ``only_cached``; with ``--wait``, another process is filling that cache)."""
     import validation as V
 
     data, truth, brain, affine = V.cases(args)
     CACHE.mkdir(parents=True, exist_ok=True)
 
     def parts():
-        model = None
+        have = V.cache_parts(args, data, affine, compute=not (only_cached or args.wait), wait=args.wait)
         for cat, name, img, m in data:
-            f = CACHE / f"{name}.npz"
-            while args.wait and not f.exists():
-                time.sleep(10)
-            if only_cached and not f.exists():
+            if name not in have:
                 continue
-            if not f.exists():
-                from usb_prep import api
-                from usb_prep.classical import fill_patch
-                from usb_prep.weights import load_model
-
-                if model is None:
-                    model, _ = load_model(args.weights, "fill", "cpu")
-                u = api.fill_array(img, m, model=model, device="cpu", affine=affine, patch_weight=0.0,
-                                   nlm_weight=0.0)
-                pf = fill_patch(img, m, np.random.default_rng(0), brain=img > 0)
-                np.savez_compressed(f.with_suffix(".tmp.npz"), u=u[m], pf=pf[m])
-                f.with_suffix(".tmp.npz").rename(f)
-            for _ in range(30):  # a file still being written by another process
-                try:
-                    z = np.load(f)
-                    u, pf = z["u"], z["pf"]
-                    break
-                except Exception:  # noqa: BLE001
-                    time.sleep(5)
             g = img.copy()
-            g[m] = u
-            yield cat, name, img, m, g, pf
+            g[m] = have[name]["u"]
+            yield cat, name, img, m, g, have[name]["pf"]
 
     return truth, brain, affine, parts()
 

@@ -6,10 +6,12 @@ first two), painted as in run_benchmark.py; in-mask PSNR / SSIM of the packaged 
     python benchmarks/validation.py [--weights DIR] [--kw '{"margin": 1}'] -> benchmarks/results/validation.md
     python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
 
-``--sweep`` computes each part of the fill once per case (the model's fill, the classical patch fill,
-the nlm fill guided by the model's) and scores every blend on a 0.1 grid of ``patch_weight`` and
-``nlm_weight``: how the blend weights were chosen. The coarse guide and the smoothing were chosen with
-``fill_variants.py``.
+``--sweep`` scores every blend on a 0.1 grid of ``patch_weight`` and ``nlm_weight`` from the parts of
+the fill (:func:`cache_parts`): how the blend weights were chosen. The coarse guide and the smoothing were
+tried with ``fill_variants.py``, blends that vary with depth with ``blend_bounds.py``.
+
+``--extra N`` adds the 5th, 6th, ... held-out masks of each category (never the benchmark's first two),
+painted with seeds 2000 + j; the 8 masks of the default set keep their seeds.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+PARTS = HERE / "cache" / "parts"
 
 
 def main(argv=None):
@@ -39,6 +42,7 @@ def main(argv=None):
     p.add_argument("--kw", default="{}", help="extra fill_array keywords as JSON (e.g. margin, samples, steps)")
     p.add_argument("--out", default=None, help="default: results/validation.md (results/validation_sweep.md)")
     p.add_argument("--sweep", action="store_true", help="score a grid of patch / nlm blend weights")
+    p.add_argument("--extra", type=int, default=0, help="held-out masks per category beyond the default 2")
     args = p.parse_args(argv)
     if args.sweep:
         return sweep(args, argv)
@@ -73,20 +77,61 @@ def cases(args):
     """(category, mask name, painted image, mask) for the validation masks, the truth, brain, affine."""
     import run_benchmark as RB
 
+    extra = getattr(args, "extra", 0)
     truth, brain, affine, _ = RB.load_brain(Path(args.brains))
-    chosen = RB.choose_masks(Path(args.data), 4, truth.shape, affine, brain, print)
+    chosen = RB.choose_masks(Path(args.data), 4 + extra, truth.shape, affine, brain, print)
     out = []
-    for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[2:]):
+    for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[2:4]):
         img, _ = RB.paint(truth, brain, m, np.random.default_rng(1000 + i))
+        out.append((cat, path.name.split(".nii")[0], img, m))
+    for j, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[4:]):
+        img, _ = RB.paint(truth, brain, m, np.random.default_rng(2000 + j))
         out.append((cat, path.name.split(".nii")[0], img, m))
     return out, truth, brain, affine
 
 
+def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
+    """The parts of the default fill of each case, as values over its mask: ``u`` the model's fill
+    (``patch_weight=0, nlm_weight=0``), ``pf`` the classical patch fill and ``nf`` the nlm fill guided by
+    the model's, computed as ``api._blend_classical`` does. Cached per fill-weights sha256 under
+    ``cache/parts/``; shard ``k/n`` computes cases k, k + n, ... (one process per core) and, with
+    ``wait``, waits for the others; ``compute=False`` only reads the cache. Returns {name: parts}."""
+    from usb_prep import api
+    from usb_prep.classical import fill_nlm, fill_patch
+    from usb_prep.weights import load_model
+
+    model, info = load_model(args.weights, "fill", "cpu")
+    folder = PARTS / info["sha256"][:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    k, n = (int(x) for x in shard.split("/"))
+    for i, (cat, name, img, m) in enumerate(data):
+        f = folder / f"{name}.npz"
+        if not compute or i % n != k or f.exists():
+            continue
+        t0 = time.time()
+        u = api.fill_array(img, m, model=model, device="cpu", affine=affine, patch_weight=0.0, nlm_weight=0.0)
+        t1 = time.time()
+        pf = fill_patch(img, m, np.random.default_rng(0), brain=img > 0)
+        nf = fill_nlm(img, m, brain=img > 0, guide=u)
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, u=u[m], pf=pf[m], nf=nf[m], t=[t1 - t0, time.time() - t1])
+        tmp.rename(f)
+        print(f"{cat} {name}: {m.sum() / 1000:.1f} ml, model {t1 - t0:.0f} s, patch fills {time.time() - t1:.0f} s",
+              flush=True)
+    out = {}
+    for cat, name, img, m in data:
+        f = folder / f"{name}.npz"
+        while wait and not f.exists():
+            time.sleep(10)
+        if f.exists():
+            with np.load(f) as z:
+                out[name] = {key: z[key] for key in z.files}
+    return out
+
+
 def sweep(args, argv):
     """Score blends (1 - p - n) * model + p * patch + n * nlm(guided by the model) on the validation masks."""
-    from usb_prep import api
     from usb_prep import metrics as M
-    from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.weights import load_model
 
     torch.set_num_threads(1)
@@ -95,16 +140,14 @@ def sweep(args, argv):
     tr = M.scale01(truth, 0, hi)
     model, info = load_model(args.weights, "fill", "cpu")
     kw = json.loads(args.kw)
+    if kw:
+        raise SystemExit("--sweep uses the cached parts of the default fill; --kw is not supported with it")
+    parts = cache_parts(args, data, affine)
     grid = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]
     scores = {w: [] for w in grid}
     for cat, name, img, m in data:
         t0 = time.time()
-        u = api.fill_array(img, m, model=model, device="cpu", affine=affine, **{**kw, "patch_weight": 0.0,
-                                                                               "nlm_weight": 0.0})[m]
-        pf = fill_patch(img, m, np.random.default_rng(0), brain=img > 0)[m]  # as api._blend_classical does
-        guide = img.copy()
-        guide[m] = u
-        nf = fill_nlm(img, m, brain=img > 0, guide=guide)[m]
+        u, pf, nf = (parts[name][key] for key in ("u", "pf", "nf"))
         for w in grid:
             out = img.copy()
             out[m] = (1 - sum(w)) * u + w[0] * pf + w[1] * nf

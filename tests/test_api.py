@@ -309,3 +309,14 @@ def test_ring_bias_follows_local_offsets_of_thin_lesions():
     field = _ring_bias(truth, pred, mask, margin=0)
     assert field[6, 9, 9] > 0.15 and abs(field[33, 9, 9]) < 0.05
     assert np.all(field[~mask] == 0)
+
+
+def test_fill_settings_names_match_its_keywords():
+    # fill_lesion records FILL_SETTINGS of its **kw: a keyword added to fill_settings must be listed there
+    import inspect
+
+    params = inspect.signature(api.fill_settings).parameters
+    kwonly = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert kwonly == {"steps", *api.FILL_SETTINGS}
+    fill_params = inspect.signature(api.fill_array).parameters
+    assert set(api.FILL_SETTINGS) <= set(fill_params)

@@ -211,6 +211,10 @@ def _smooth_in(img, mask, values, brain, sigma) -> np.ndarray:
     return out[mask]
 
 
+# fill_settings' keywords besides ``steps``: what fill_lesion records of its ``**kw`` in the sidecar
+FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth")
+
+
 def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None,
                   nlm_passes=None, nlm_coarse=None, smooth=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
@@ -546,8 +550,7 @@ def fill_lesion(image, mask=None, *, weights=None, steps: int | None = None, t_s
             model, info = load_model(weights, "fill", dev)
             settings.update(weights=info, device=str(dev), steps=steps or model.cfg.default_steps)
             if m is not None:
-                given = {k: kw.get(k) for k in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",
-                                                "nlm_coarse", "smooth")}
+                given = {k: kw.get(k) for k in FILL_SETTINGS}
                 settings.update(fill_settings(model.cfg, steps=steps, **given))
             if m is None:
                 filled, m = heal_array(v, model=model, steps=steps, seed=seed, device=dev, voxel_size=vox,
