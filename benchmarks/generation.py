@@ -107,11 +107,14 @@ def markdown(res: dict) -> str:
     lines = ["", "## Generation (cpu-gen model, 4 mm grid)", "",
              f"{res['n_generated']} unconditional pairs at {res['steps']} steps ({res['seconds_per_pair']:.1f} s each), "
              f"one brain from a mask ({res['seconds_from_mask']:.1f} s); real set: {res['n_real']} prepared brains "
-             "on the same grid. Features: `usb_prep.metrics.image_features`.", "",
-             "| | MMD^2 | Frechet |", "|---|---|---|"]
+             "on the same grid. Features: `usb_prep.metrics.image_features`.", ""]
     if "mmd_gen_real" in res:
-        lines.append(f"| generated vs real | {res['mmd_gen_real']:.4f} | {res['frechet_gen_real']:.2f} |")
-        lines.append(f"| real vs real (split) | {res['mmd_real_real']:.4f} | {res['frechet_real_real']:.2f} |")
+        lines += ["| | MMD^2 | Frechet |", "|---|---|---|",
+                  f"| generated vs real | {res['mmd_gen_real']:.4f} | {res['frechet_gen_real']:.2f} |",
+                  f"| real vs real (split) | {res['mmd_real_real']:.4f} | {res['frechet_real_real']:.2f} |"]
+    else:
+        lines.append("MMD and Frechet distances need at least 2 prepared brains in `--brains` "
+                     "(`python benchmarks/prepare_data.py`); not computed.")
     lines += ["", f"Lesion voxels per pair: {res['lesion_voxels']}; share inside the brain: "
               f"{[round(x, 2) for x in res['lesion_inside_brain']]}", "", "![generation](fig_generation.png)", ""]
     return "\n".join(lines)

@@ -39,9 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--brains", default="/work/cache/brains", help="folder with otsu_head_T1w/_brainmask.nii.gz")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quick", action="store_true", help="1 case per category, fewer steps (~5 min)")
-    p.add_argument("--per-category", type=int, default=None, help="cases per category (default 3, quick 1)")
+    p.add_argument("--per-category", type=int, default=None, help="cases per category (default 2, quick 1)")
     p.add_argument("--steps", type=int, nargs="+", default=None,
-                   help="usb known-mask filling step counts (default 10 25 50, quick 10)")
+                   help="usb known-mask filling step counts (default 1 5 10, quick 1 10)")
     p.add_argument("--generation", type=int, default=None,
                    help="unconditional pairs to generate for the generation metrics (default 4, quick 2; 0 skips)")
     p.add_argument("--gen-steps", type=int, default=25, help="sampling steps for generation")
@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--no-registration", action="store_true", help="skip the SyN downstream proxy")
     p.add_argument("--reg-cases", type=int, default=None, help="registration on this many cases per category "
                    "(default 1; quick: 1 case in total)")
+    p.add_argument("--skip", nargs="+", default=[], metavar="METHOD",
+                   help="methods (rows) to leave out, e.g. usb_coarse_s1 (the not-shipped candidate)")
     return p.parse_args(argv)
 
 
@@ -429,6 +431,11 @@ def main(argv=None):
         log(f"{cat}: {[(p.name, round(v, 1)) for p, _, v in items]}")
 
     methods, missing = build_methods(args, log)
+    unknown = set(args.skip) - set(methods) - set(missing)
+    if unknown:
+        raise SystemExit(f"--skip: no such method {sorted(unknown)}; methods: {list(methods)}")
+    methods = {k: v for k, v in methods.items() if k not in args.skip}
+    missing = {k: v for k, v in missing.items() if k not in args.skip}
     mnames = list(methods) + [m for m in missing if m not in methods]
 
     # registration set-up (subset)
