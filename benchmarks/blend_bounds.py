@@ -38,7 +38,10 @@ def depth_weight(d, a, d0, s):
 
 
 def psnr(x, t):
-    return float(10 * np.log10(1.0 / np.mean((np.clip(x, 0, 1) - t) ** 2)))
+    """In-mask PSNR of values already divided by the truth's maximum (clipped to [0, 1] as scale01 does)."""
+    from usb_prep.metrics import masked_psnr
+
+    return masked_psnr(np.clip(x, 0, 1), t, None)
 
 
 def stack_features(src, d):

@@ -81,23 +81,20 @@ def cases(args):
     truth, brain, affine, _ = RB.load_brain(Path(args.brains))
     chosen = RB.choose_masks(Path(args.data), 4 + extra, truth.shape, affine, brain, print)
     out = []
-    for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[2:4]):
-        img, _ = RB.paint(truth, brain, m, np.random.default_rng(1000 + i))
-        out.append((cat, path.name.split(".nii")[0], img, m))
-    for j, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[4:]):
-        img, _ = RB.paint(truth, brain, m, np.random.default_rng(2000 + j))
-        out.append((cat, path.name.split(".nii")[0], img, m))
+    for seed0, part in ((1000, slice(2, 4)), (2000, slice(4, None))):  # the default 8, then the extra ones
+        for i, (cat, path, m) in enumerate((c, pth, m) for c, v in chosen.items() for pth, m, _ in v[part]):
+            img, _ = RB.paint(truth, brain, m, np.random.default_rng(seed0 + i))
+            out.append((cat, path.name.split(".nii")[0], img, m))
     return out, truth, brain, affine
 
 
 def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
     """The parts of the default fill of each case, as values over its mask: ``u`` the model's fill
     (``patch_weight=0, nlm_weight=0``), ``pf`` the classical patch fill and ``nf`` the nlm fill guided by
-    the model's, computed as ``api._blend_classical`` does. Cached per fill-weights sha256 under
+    the model's (``api.blend_fill`` with all weight on one of them, one pass). Cached per fill-weights sha256 under
     ``cache/parts/``; shard ``k/n`` computes cases k, k + n, ... (one process per core) and, with
     ``wait``, waits for the others; ``compute=False`` only reads the cache. Returns {name: parts}."""
     from usb_prep import api
-    from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.weights import load_model
 
     model, info = load_model(args.weights, "fill", "cpu")
@@ -111,8 +108,9 @@ def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
         t0 = time.time()
         u = api.fill_array(img, m, model=model, device="cpu", affine=affine, patch_weight=0.0, nlm_weight=0.0)
         t1 = time.time()
-        pf = fill_patch(img, m, np.random.default_rng(0), brain=img > 0)
-        nf = fill_nlm(img, m, brain=img > 0, guide=u)
+        one = dict(affine=affine, nlm_passes=1, nlm_coarse=False, smooth=0.0)
+        pf = api.blend_fill(u, img, m, model.cfg, patch_weight=1.0, nlm_weight=0.0, **one)
+        nf = api.blend_fill(u, img, m, model.cfg, patch_weight=0.0, nlm_weight=1.0, **one)
         tmp = f.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, u=u[m], pf=pf[m], nf=nf[m], t=[t1 - t0, time.time() - t1])
         tmp.rename(f)
