@@ -189,10 +189,11 @@ def _blend_classical(model_fill, image, mask, seed, opts) -> np.ndarray:
         guide = model_fill
         if opts["nlm_coarse"]:
             guide = 0.5 * model_fill + 0.5 * coarse_guide(img, mask, brain=brain)
-        for _ in range(opts["nlm_passes"]):
+        for i in range(opts["nlm_passes"]):
             out = base + w_nlm * fill_nlm(img, mask, brain=brain, guide=guide)[mask]
-            guide = img.copy()
-            guide[mask] = out
+            if i + 1 < opts["nlm_passes"]:  # the next pass's guide
+                guide = img.copy()
+                guide[mask] = out
     if opts["smooth"] > 0:
         out = _smooth_in(img, mask, out, brain | mask, opts["smooth"])
     return out
