@@ -11,12 +11,5 @@ usb-train --config benchmarks/train_fill.json                         # fill, st
 usb-train --config benchmarks/train_fill_stage2.json                  # fill, stage 2  -> /work/runs/fill2
 usb-train --config benchmarks/train_gen.json                          # generation     -> /work/runs/gen
 usb-train --config benchmarks/train_gen_stage2.json                   # generation, 2  -> /work/runs/gen2
-python - "$out" <<'PY'
-import sys
-from usb_prep.weights import bundle
-bundle(sys.argv[1], fill="/work/runs/fill2/weights", generate="/work/runs/gen2/weights",
-       fill_defaults=dict(default_steps=1, default_margin=0, default_samples=4, window=32, default_patch_weight=0.2,
-                     default_nlm_weight=0.8),
-       generate_defaults=dict(default_steps=25))
-PY
+python benchmarks/bundle.py "$out"                                     # fill2 + gen2, packaged defaults
 echo "weights in $out; evaluate with: python benchmarks/validation.py --weights $out && python benchmarks/run_benchmark.py --weights $out --steps 1 --threads 2"

@@ -1,0 +1,33 @@
+"""Bundle a fill run and a generate run into one weights folder with the packaged sampling defaults.
+
+Usage::
+
+    python benchmarks/bundle.py OUT [--fill /work/runs/fill2/weights] [--generate /work/runs/gen2/weights]
+
+``--fill`` / ``--generate`` take a run's ``weights/`` export or a bundled folder (e.g. the packaged
+``usb_prep/weights/default``, to keep its generate model while trying a new fill run).
+"""
+from __future__ import annotations
+
+import argparse
+
+from usb_prep.weights import bundle
+
+# the packaged defaults (chosen on the validation masks; see the model card)
+FILL_DEFAULTS = dict(default_steps=1, default_margin=0, default_samples=4, window=32, default_patch_weight=0.2,
+                     default_nlm_weight=0.8)
+GENERATE_DEFAULTS = dict(default_steps=25)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--fill", default="/work/runs/fill2/weights")
+    p.add_argument("--generate", default="/work/runs/gen2/weights")
+    a = p.parse_args(argv)
+    print(bundle(a.out, fill=a.fill, generate=a.generate, fill_defaults=FILL_DEFAULTS,
+                 generate_defaults=GENERATE_DEFAULTS))
+
+
+if __name__ == "__main__":
+    main()
