@@ -3,9 +3,11 @@
 Usage::
 
     python benchmarks/bundle.py OUT [--fill /work/runs/fill2/weights] [--generate /work/runs/gen2/weights]
+                                    [--refiner benchmarks/cache/refiner/ref.pt]
 
 ``--fill`` / ``--generate`` take a run's ``weights/`` export or a bundled folder (e.g. the packaged
-``usb_prep/weights/default``, to keep its generate model while trying a new fill run).
+``usb_prep/weights/default``, to keep its generate model while trying a new fill run); ``--refiner`` a
+state dict from ``refiner_probe.py train`` (default: the ``--fill`` folder's own refiner, if any).
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ def main(argv=None):
     p.add_argument("out")
     p.add_argument("--fill", default="/work/runs/fill2/weights")
     p.add_argument("--generate", default="/work/runs/gen2/weights")
+    p.add_argument("--refiner", default=None)
     a = p.parse_args(argv)
     print(bundle(a.out, fill=a.fill, generate=a.generate, fill_defaults=FILL_DEFAULTS,
-                 generate_defaults=GENERATE_DEFAULTS))
+                 generate_defaults=GENERATE_DEFAULTS, refiner=a.refiner))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--reg-cases", type=int, default=None, help="registration on this many cases per category "
                    "(default 1; quick: 1 case in total)")
     p.add_argument("--skip", nargs="+", default=[], metavar="METHOD",
-                   help="methods (rows) to leave out, e.g. usb_coarse_s1 (the not-shipped candidate)")
+                   help="methods (rows) to leave out, e.g. usb_blend_s1 (the default without its refiner)")
     return p.parse_args(argv)
 
 
@@ -202,7 +202,7 @@ def build_methods(args, log):
     }
     missing = {}
     usb_names = ([f"usb_model_s{min(args.steps)}"] + [f"usb_fill_s{s}" for s in args.steps]
-                 + [f"usb_coarse_s{min(args.steps)}"]
+                 + [f"usb_blend_s{min(args.steps)}"]
                  + ([] if args.no_heal else [f"usb_heal_s{args.heal_steps}"]))
     try:
         from usb_prep import api
@@ -229,7 +229,9 @@ def build_methods(args, log):
     def usb_fill(s, **kw):  # = api.fill_array with the shipped defaults (or kw), its model part shared
         def f(c):
             u, reused = model_only(c, s)
-            return api.blend_fill(u, c.image, c.mask, model.cfg, steps=s, seed=0, affine=c.affine, **kw), None, reused
+            out = api.blend_fill(u, c.image, c.mask, model.cfg, steps=s, seed=0, affine=c.affine,
+                                 refiner=model.refiner, **kw)
+            return out, None, reused
         return f
 
     # the model alone first, without the shares of the patch fills that the shipped default averages in
@@ -237,8 +239,8 @@ def build_methods(args, log):
     methods[f"usb_model_s{s0}"] = lambda c: (lambda u, reused: (u, None, reused))(*model_only(c, s0))
     for s in args.steps:
         methods[f"usb_fill_s{s}"] = usb_fill(s)
-    # the candidate tried last (not the default): the coarse guide and a 0.5-voxel smoothing
-    methods[f"usb_coarse_s{s0}"] = usb_fill(s0, nlm_coarse=True, smooth=0.5)
+    # the default without its refiner (where the weights ship one): the blend the refiner corrects
+    methods[f"usb_blend_s{s0}"] = usb_fill(s0, refine=False)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",

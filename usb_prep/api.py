@@ -114,6 +114,7 @@ def fill_array(
     nlm_passes: int | None = None,
     nlm_coarse: bool | None = None,
     smooth: float | None = None,
+    refine: bool | None = None,
 ) -> np.ndarray:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); returns a new array.
 
@@ -127,14 +128,17 @@ def fill_array(
     best-matching patches' centres, matched against the model's fill as well
     as the known border), ``nlm_passes``, ``nlm_coarse`` and ``smooth`` (see
     :func:`_blend_classical`) default to the model's config (see
-    :func:`fill_settings`); the model's fill gets the rest.
+    :func:`fill_settings`); the model's fill gets the rest. ``refine`` (default
+    true): where the weights ship a refiner (``model.refiner``,
+    :mod:`usb_prep.refine`), it corrects the blend (needs both patch fills in it).
     """
     dev = resolve_device(device)
     if model is None:
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
     opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight,
-                         nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, smooth=smooth)
+                         nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, smooth=smooth,
+                         refine=refine)
     steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
     if cfg.grid is not None:
@@ -143,27 +147,28 @@ def fill_array(
     else:
         out = _fill_patches(model, image, mask, steps, t_start, seed, voxel_size, dev, context, margin, acg_region,
                             target, progress, affine, calibrate, samples)
-    return _blend(out, image, mask, seed, opts, affine)
+    return _blend(out, image, mask, seed, opts, affine, model.refiner)
 
 
 def blend_fill(model_fill: np.ndarray, image: np.ndarray, mask: np.ndarray, cfg, *, seed: int = 0,
-               affine: np.ndarray | None = None, **settings) -> np.ndarray:
+               affine: np.ndarray | None = None, refiner=None, **settings) -> np.ndarray:
     """The last stage of :func:`fill_array`: the model's own fill (``fill_array`` with ``patch_weight=0,
     nlm_weight=0``) averaged with the patch fills, per ``settings`` (:func:`fill_settings` keywords) and
-    the model config ``cfg``. ``fill_array(x, seed=s)`` equals ``blend_fill(model_only, x, ..., seed=s)``:
+    the model config ``cfg``, then corrected by ``refiner`` (pass the fill model's ``refiner``) if given.
+    ``fill_array(x, seed=s)`` equals ``blend_fill(model_only, x, ..., seed=s, refiner=model.refiner)``:
     callers that want both the model's fill and the default fill run the model once.
     """
     return _blend(np.array(model_fill, np.float32, copy=True), image, np.asarray(mask, bool), seed,
-                  fill_settings(cfg, **settings), affine)
+                  fill_settings(cfg, **settings), affine, refiner)
 
 
-def _blend(out, image, mask, seed, opts, affine):
+def _blend(out, image, mask, seed, opts, affine, refiner=None):
     if mask.any():
-        out[mask] = _blend_classical(out, image, mask, seed, opts)
+        out[mask] = _blend_classical(out, image, mask, seed, opts, refiner if opts["refine"] else None)
     return out
 
 
-def _blend_classical(model_fill, image, mask, seed, opts) -> np.ndarray:
+def _blend_classical(model_fill, image, mask, seed, opts, refiner=None) -> np.ndarray:
     """Lesion voxels of the weighted average of the model's fill and the two patch fills (``opts``:
     :func:`fill_settings`).
 
@@ -174,7 +179,8 @@ def _blend_classical(model_fill, image, mask, seed, opts) -> np.ndarray:
     pass is guided by the previous pass's average. The model's smooth mean estimate and the patch
     fills (texture copied from the image itself) err differently, so their average beats each of them.
     ``smooth`` > 0 finally smooths the fill by a Gaussian of that sigma (voxels), normalised over the
-    brain: the fill's own copying noise averages out.
+    brain: the fill's own copying noise averages out. A ``refiner`` (:mod:`usb_prep.refine`) finally
+    corrects the result from the model's fill and the two patch fills (when both are in the blend).
     """
     from .classical import coarse_guide, fill_nlm, fill_patch
 
@@ -182,20 +188,32 @@ def _blend_classical(model_fill, image, mask, seed, opts) -> np.ndarray:
     img = np.asarray(image, np.float32)
     brain = img > 0
     base = (1 - w_patch - w_nlm) * model_fill[mask]
+    pf = nf = None
     if w_patch > 0:
-        base += w_patch * fill_patch(img, mask, np.random.default_rng(seed), brain=brain)[mask]
+        pf = fill_patch(img, mask, np.random.default_rng(seed), brain=brain)[mask]
+        base += w_patch * pf
     out = base
     if w_nlm > 0:
         guide = model_fill
         if opts["nlm_coarse"]:
             guide = 0.5 * model_fill + 0.5 * coarse_guide(img, mask, brain=brain)
         for i in range(opts["nlm_passes"]):
-            out = base + w_nlm * fill_nlm(img, mask, brain=brain, guide=guide)[mask]
+            nf = fill_nlm(img, mask, brain=brain, guide=guide)[mask]
+            out = base + w_nlm * nf
             if i + 1 < opts["nlm_passes"]:  # the next pass's guide
                 guide = img.copy()
                 guide[mask] = out
     if opts["smooth"] > 0:
         out = _smooth_in(img, mask, out, brain | mask, opts["smooth"])
+    if refiner is not None and pf is not None and nf is not None:
+        from .refine import refine_fill
+
+        def whole(values):
+            a = img.copy()
+            a[mask] = values
+            return a
+
+        out = refine_fill(refiner, img, mask, model_fill, whole(pf), whole(nf), whole(out))
     return out
 
 
@@ -213,11 +231,11 @@ def _smooth_in(img, mask, values, brain, sigma) -> np.ndarray:
 
 
 # fill_settings' keywords besides ``steps``: what fill_lesion records of its ``**kw`` in the sidecar
-FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth")
+FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth", "refine")
 
 
 def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None,
-                  nlm_passes=None, nlm_coarse=None, smooth=None) -> dict:
+                  nlm_passes=None, nlm_coarse=None, smooth=None, refine=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
     opts = {
         "steps": steps or cfg.default_steps,
@@ -228,6 +246,7 @@ def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=No
         "nlm_passes": max(1, int(cfg.default_nlm_passes if nlm_passes is None else nlm_passes)),
         "nlm_coarse": bool(cfg.default_nlm_coarse if nlm_coarse is None else nlm_coarse),
         "smooth": float(cfg.default_smooth if smooth is None else smooth),
+        "refine": True if refine is None else bool(refine),  # used where the weights ship a refiner
     }
     w = (opts["patch_weight"], opts["nlm_weight"])
     if min(w) < 0 or sum(w) > 1 + 1e-6:

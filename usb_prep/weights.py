@@ -4,11 +4,13 @@
 
     {"format": 1,
      "models": {"fill":     {"file": "fill.safetensors", "sha256": "...", "config": {...}},
-                "generate": {"file": "generate.safetensors", "sha256": "...", "config": {...}}}}
+                "generate": {"file": "generate.safetensors", "sha256": "...", "config": {...}}},
+     "refiner": {"file": "refine.safetensors", "sha256": "...", "channels": [16, 32, 48]}}
 
 ``fill`` runs the editing tasks (known-mask filling, healing, embedding) and
-``generate`` the generation tasks.  A folder may hold one model under both
-roles (the converted ``paper`` model does).  Folders are resolved in one
+``generate`` the generation tasks; the optional ``refiner`` (:mod:`usb_prep.refine`)
+is the known-mask fill's last stage, attached to the fill model as ``model.refiner``.
+A folder may hold one model under both roles (the converted ``paper`` model does).  Folders are resolved in one
 order: the explicit argument, then ``$USB_PREP_WEIGHTS``, then the packaged
 default.
 """
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 ENV_VAR = "USB_PREP_WEIGHTS"
 MANIFEST = "usb.json"
 ROLES = ("fill", "generate")
+REFINER_FILE = "refine.safetensors"
 
 
 def packaged_weights_dir() -> Path:
@@ -98,17 +101,26 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
     folder.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
     written: dict[int, str] = {}
+    refiner = None
     for role, model in role_to_model.items():
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         fname = written.get(id(model))
         if fname is None:
             fname = f"{role}.safetensors"
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                     if not k.startswith("refiner.")}
             save_file(state, str(folder / fname))
             written[id(model)] = fname
         entries[role] = {"file": fname, "sha256": sha256_file(folder / fname), "config": model.cfg.to_dict()}
+        if role == "fill" and getattr(model, "refiner", None) is not None:
+            refiner = model.refiner
     manifest = {"format": 1, "models": entries, **(extra or {})}
+    if refiner is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in refiner.state_dict().items()}
+        save_file(state, str(folder / REFINER_FILE))
+        manifest["refiner"] = {"file": REFINER_FILE, "sha256": sha256_file(folder / REFINER_FILE),
+                               "channels": list(refiner.channels)}
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(folder / MANIFEST)
@@ -145,6 +157,8 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if role == "fill" and "refiner" in man:
+        model.refiner = load_refiner(folder, man["refiner"])
     model.eval().to(device)
     if cfg.mode == "latent":
         from .authors import warn_if_slow
@@ -155,15 +169,45 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     return model, info
 
 
+def load_refiner(folder: Path, entry: dict):
+    """The :class:`usb_prep.refine.Refiner` of a manifest's ``refiner`` entry, sha256-checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .refine import Refiner
+
+    path = Path(folder) / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"refiner weights missing: {path}")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+    net = Refiner(entry.get("channels", (16, 32, 48)))
+    try:
+        missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from e
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not match its channels: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return net.eval()
+
+
 def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
-           fill_defaults: dict | None = None, generate_defaults: dict | None = None) -> Path:
+           fill_defaults: dict | None = None, generate_defaults: dict | None = None,
+           refiner: str | os.PathLike | None = None) -> Path:
     """One weights folder from two training runs' exports (``fill`` and ``generate`` roles).
 
     ``usb-train`` exports each run's EMA weights to ``RUN/weights``; the packaged default is
-    ``bundle("usb_prep/weights/default", fill="runs/fill/weights", generate="runs/gen/weights")``.
+    ``bundle("usb_prep/weights/default", fill="runs/fill/weights", generate="runs/gen/weights")``;
+    ``refiner``: a refiner state dict to attach to the fill (else the fill folder's own refiner, if any).
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
+    if refiner is not None:  # a state dict saved by torch.save (benchmarks/refiner_probe.py train)
+        from .refine import Refiner
+
+        f.refiner = Refiner()
+        f.refiner.load_state_dict(torch.load(refiner, map_location="cpu", weights_only=True))
     # sampling defaults chosen by the benchmark (e.g. default_steps) travel in the config
     f.cfg = f.cfg.replace(**(fill_defaults or {}))
     g.cfg = g.cfg.replace(**(generate_defaults or {}))
