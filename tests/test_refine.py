@@ -58,9 +58,10 @@ def test_refiner_weights_round_trip_and_checksum(tmp_path):
     from safetensors.torch import load_file
 
     assert not any(k.startswith("refiner.") for k in load_file(str(folder / man["models"]["fill"]["file"])))
-    fill, _ = load_model(folder, "fill")
-    gen, _ = load_model(folder, "generate")
-    assert gen.refiner is None
+    fill, info = load_model(folder, "fill")
+    gen, gen_info = load_model(folder, "generate")
+    assert gen.refiner is None and "refiner_sha256" not in gen_info
+    assert info["refiner_sha256"] == man["refiner"]["sha256"]
     sd0, sd1 = m.refiner.state_dict(), fill.refiner.state_dict()
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
     f = folder / "refine.safetensors"

@@ -165,6 +165,8 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
 
         warn_if_slow(cfg, device)
     info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
+    if getattr(model, "refiner", None) is not None:
+        info["refiner_sha256"] = man["refiner"]["sha256"]  # checked by load_refiner
     log.debug("loaded %s", info)
     return model, info
 
