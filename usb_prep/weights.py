@@ -95,8 +95,6 @@ def read_manifest(folder: Path) -> dict:
 
 def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None) -> Path:
     """Write models (each a :class:`usb_prep.model.USBModel`) under their roles."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
@@ -108,18 +106,14 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
         fname = written.get(id(model))
         if fname is None:
             fname = f"{role}.safetensors"
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                     if not k.startswith("refiner.")}
-            save_file(state, str(folder / fname))
+            _save_state(model, folder / fname, skip="refiner.")  # the refiner gets its own file
             written[id(model)] = fname
         entries[role] = {"file": fname, "sha256": sha256_file(folder / fname), "config": model.cfg.to_dict()}
         if role == "fill" and getattr(model, "refiner", None) is not None:
             refiner = model.refiner
     manifest = {"format": 1, "models": entries, **(extra or {})}
     if refiner is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in refiner.state_dict().items()}
-        save_file(state, str(folder / REFINER_FILE))
-        manifest["refiner"] = {"file": REFINER_FILE, "sha256": sha256_file(folder / REFINER_FILE),
+        manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -127,14 +121,38 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
     return folder
 
 
+def _checked_state(folder: Path, entry: dict, what: str):
+    """``(path, sha256, state dict)`` of a manifest entry's safetensors file, its checksum verified."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise WeightsError(f"{what} missing: {path}")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+    try:
+        return path, digest, load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"cannot read {path}: {e}") from e
+
+
+def _save_state(module, path: Path, skip: str | None = None) -> str:
+    """Write ``module``'s state dict (keys starting with ``skip`` left out) as safetensors; its sha256."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+             if skip is None or not k.startswith(skip)}
+    save_file(state, str(path))
+    return sha256_file(path)
+
+
 def load_model(weights: str | os.PathLike | None = None, role: str = "fill", device: str | torch.device = "cpu"):
     """Load the model for ``role`` from the resolved folder; checks its sha256.
 
     Returns ``(model, info)`` with ``info = {"folder", "file", "sha256", "role"}``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .model import USBModel
 
     folder = resolve_weights(weights)
@@ -142,18 +160,9 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     entry = man["models"].get(role)
     if entry is None:
         raise WeightsError(f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})")
-    path = folder / entry["file"]
-    if not path.is_file():
-        raise WeightsError(f"weights file missing: {path}")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+    path, digest, state = _checked_state(folder, entry, "weights file")
     cfg = ModelConfig.from_dict(entry["config"])
     model = USBModel(cfg)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"cannot read {path}: {e}") from e
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -173,21 +182,13 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
 
 def load_refiner(folder: Path, entry: dict):
     """The :class:`usb_prep.refine.Refiner` of a manifest's ``refiner`` entry, sha256-checked."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .refine import Refiner
 
-    path = Path(folder) / entry["file"]
-    if not path.is_file():
-        raise WeightsError(f"refiner weights missing: {path}")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+    path, _, state = _checked_state(Path(folder), entry, "refiner weights")
     net = Refiner(entry.get("channels", (16, 32, 48)))
     try:
-        missing, unexpected = net.load_state_dict(load_file(str(path)), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as e:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
         raise WeightsError(f"cannot read {path}: {e}") from e
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its channels: missing {missing[:5]}, unexpected {unexpected[:5]}")
