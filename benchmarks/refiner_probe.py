@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from usb_prep.refine import CONTEXT, Refiner, pad_to_window, refine_fill, refiner_inputs
 from usb_prep.refine import PATCH as P
-from usb_prep.refine import Refiner, pad_to_window, refine_fill, refiner_inputs
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,10 +39,11 @@ CACHE = HERE / "cache" / "refiner"
 
 def gen(args):
     import run_benchmark as RB
-    from usb_prep import api, crops
+    import validation as V
+    from usb_prep import crops
     from usb_prep.data.splits import list_masks
-    from usb_prep.data.synthesis import deform_mask, load_mask_bank
-    from usb_prep.training import load_brains
+    from usb_prep.data.synthesis import load_mask_bank
+    from usb_prep.training import load_brains, place_bank_mask
     from usb_prep.weights import load_model
 
     torch.set_num_threads(1)
@@ -64,23 +65,19 @@ def gen(args):
         rng = np.random.default_rng(10_000 + i)
         b = brains[rng.integers(len(brains))]
         truth, brain, aff = b["image"], b["brain"], b["affine"]
-        e = bank[rng.integers(len(bank))]  # placed as usb_prep.training.PatchSampler places them
-        mm = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5))).astype(bool)
-        lo = np.asarray(e["offset"]) + rng.integers(-4, 5, 3) + (np.asarray(e["crop"].shape) - mm.shape) // 2
+        mm, box, e = place_bank_mask(bank, rng)  # as the fill model's training places them
         m = np.zeros(truth.shape, bool)
-        crops.paste(m, crops.Box(tuple(int(v) for v in lo), tuple(int(v) for v in lo + mm.shape)), mm,
-                    np.ones(truth.shape, bool))
+        crops.paste(m, box, mm, np.ones(truth.shape, bool))
         m &= brain
         if m.sum() < 300:
             continue
         img, _ = RB.paint(truth, brain, m, rng)
         t0 = time.time()
-        u = api.fill_array(img, m, model=model, device="cpu", affine=aff, patch_weight=0.0, nlm_weight=0.0)
-        one = dict(affine=aff, nlm_passes=1, nlm_coarse=False, smooth=0.0)
-        pf = api.blend_fill(u, img, m, model.cfg, patch_weight=1.0, nlm_weight=0.0, **one)
-        nf = api.blend_fill(u, img, m, model.cfg, patch_weight=0.0, nlm_weight=1.0, **one)
-        idx = np.argwhere(m)
-        sl = tuple(slice(a, c) for a, c in zip(np.maximum(idx.min(0) - 12, 0), np.minimum(idx.max(0) + 13, m.shape)))
+        u = V.model_fill(model, img, m, aff)
+        pf, nf = V.patch_fills(model, u, img, m, aff)
+        idx = np.argwhere(m)  # the lesions' box with CONTEXT known voxels, as refine_fill crops
+        sl = tuple(slice(a, c) for a, c in zip(np.maximum(idx.min(0) - CONTEXT, 0),
+                                               np.minimum(idx.max(0) + CONTEXT + 1, m.shape)))
         np.savez_compressed(f.with_suffix(".tmp.npz"), truth=truth[sl], img=img[sl], mask=m[sl], u=u[sl], pf=pf[sl],
                             nf=nf[sl], brain_name=b["name"], mask_name=e["name"])
         os.replace(f.with_suffix(".tmp.npz"), f)

@@ -114,6 +114,17 @@ def load_bank(cfg: TrainConfig, ref_shape, ref_affine) -> list[dict]:
     return bank
 
 
+def place_bank_mask(bank: list[dict], rng: np.random.Generator) -> tuple[np.ndarray, crops.Box, dict]:
+    """A random mask of ``bank`` (:func:`load_bank`), deformed and shifted by up to 4 voxels: the mask
+    crop, its box on the bank's grid and the bank entry."""
+    from .data.synthesis import deform_mask
+
+    e = bank[rng.integers(len(bank))]
+    m = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5)))
+    lo = np.asarray(e["offset"]) + rng.integers(-4, 5, 3) + (np.asarray(e["crop"].shape) - np.asarray(m.shape)) // 2
+    return m.astype(bool), crops.Box(tuple(int(v) for v in lo), tuple(int(v) for v in lo + np.asarray(m.shape))), e
+
+
 class PatchSampler:
     """Patches around (synthetic) lesions: healthy, pathological, mask, contralateral mirror."""
 
@@ -125,14 +136,6 @@ class PatchSampler:
             # real lesions plus a safety shell: no synthetic hole there, no loss there
             b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None else None
 
-    def _placed_mask(self, rng, shape) -> tuple[np.ndarray, crops.Box] | None:
-        from .data.synthesis import deform_mask
-
-        e = self.bank[rng.integers(len(self.bank))]
-        m = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5)))
-        lo = np.asarray(e["offset"]) + rng.integers(-4, 5, 3) + (np.asarray(e["crop"].shape) - np.asarray(m.shape)) // 2
-        return m.astype(bool), crops.Box(tuple(int(v) for v in lo), tuple(int(v) for v in lo + np.asarray(m.shape)))
-
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         from .data.synthesis import paint_lesion
 
@@ -142,7 +145,7 @@ class PatchSampler:
         full_mask = np.zeros(img.shape, bool)
         empty = rng.random() < self.cfg.p_empty
         if not empty:
-            m, mbox = self._placed_mask(rng, img.shape)
+            m, mbox, _ = place_bank_mask(self.bank, rng)
             crops.paste(full_mask, mbox, m, np.ones(img.shape, bool))
             full_mask &= brain
             if avoid is not None:
