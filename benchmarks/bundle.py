@@ -7,7 +7,7 @@ Usage::
 
 ``--fill`` / ``--generate`` take a run's ``weights/`` export or a bundled folder (e.g. the packaged
 ``usb_prep/weights/default``, to keep its generate model while trying a new fill run); ``--refiner`` a
-state dict from ``refiner_probe.py train`` (default: the ``--fill`` folder's own refiner, if any).
+state dict from ``usb-train --stage refiner`` (OUT/refine.pt) (default: the ``--fill`` folder's own refiner, if any).
 """
 from __future__ import annotations
 

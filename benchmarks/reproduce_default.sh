@@ -12,9 +12,7 @@ usb-train --config benchmarks/train_fill_stage2.json                  # fill, st
 usb-train --config benchmarks/train_gen.json                          # generation     -> /work/runs/gen
 usb-train --config benchmarks/train_gen_stage2.json                   # generation, 2  -> /work/runs/gen2
 python benchmarks/bundle.py "$out"                                     # fill2 + gen2, packaged defaults
-# the fill's refiner (~70 min): synthetic cases filled by the bundled fill, the refiner trained beside them
-for k in 0 1; do python benchmarks/refiner_probe.py gen --shard $k/2 --minutes 60 --fill-weights "$out" & done
-sleep 1200 && python benchmarks/refiner_probe.py train --minutes 45 --out benchmarks/cache/refiner/ref.pt
-wait
-python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner benchmarks/cache/refiner/ref.pt
+# the fill's refiner (~65 min): synthetic cases filled by the bundled fill, the refiner trained beside them
+usb-train --config benchmarks/train_refiner.json --fill-weights "$out"  # -> /work/runs/refiner/refine.pt
+python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner /work/runs/refiner/refine.pt
 echo "weights in $out; evaluate with: python benchmarks/validation.py --weights $out && python benchmarks/run_benchmark.py --weights $out --steps 1 --threads 2"

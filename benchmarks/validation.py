@@ -88,29 +88,13 @@ def cases(args):
     return out, truth, brain, affine
 
 
-def model_fill(model, img, m, affine):
-    """The model's own fill (``fill_array`` without the patch fills): the first part of the default fill."""
-    from usb_prep import api
-
-    return api.fill_array(img, m, model=model, device="cpu", affine=affine, patch_weight=0.0, nlm_weight=0.0)
-
-
-def patch_fills(model, u, img, m, affine):
-    """The classical patch fill and the nlm fill guided by the model's fill ``u`` (whole images): the other
-    two parts of the default fill (``api.blend_fill`` with all weight on one of them, one pass)."""
-    from usb_prep import api
-
-    one = dict(affine=affine, nlm_passes=1, nlm_coarse=False, smooth=0.0)
-    return (api.blend_fill(u, img, m, model.cfg, patch_weight=1.0, nlm_weight=0.0, **one),
-            api.blend_fill(u, img, m, model.cfg, patch_weight=0.0, nlm_weight=1.0, **one))
-
-
 def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
     """The parts of the default fill of each case, as values over its mask: ``u`` the model's fill
     (``patch_weight=0, nlm_weight=0``), ``pf`` the classical patch fill and ``nf`` the nlm fill guided by
     the model's (``api.blend_fill`` with all weight on one of them, one pass). Cached per fill-weights sha256 under
     ``cache/parts/``; shard ``k/n`` computes cases k, k + n, ... (one process per core) and, with
     ``wait``, waits for the others; ``compute=False`` only reads the cache. Returns {name: parts}."""
+    from usb_prep.refine_training import fill_parts
     from usb_prep.weights import load_model
 
     model, info = load_model(args.weights, "fill", "cpu")
@@ -122,14 +106,11 @@ def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
         if not compute or i % n != k or f.exists():
             continue
         t0 = time.time()
-        u = model_fill(model, img, m, affine)
-        t1 = time.time()
-        pf, nf = patch_fills(model, u, img, m, affine)
+        u, pf, nf = fill_parts(model, img, m, affine)
         tmp = f.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, u=u[m], pf=pf[m], nf=nf[m], t=[t1 - t0, time.time() - t1])
+        np.savez_compressed(tmp, u=u[m], pf=pf[m], nf=nf[m], t=[time.time() - t0])
         tmp.rename(f)
-        print(f"{cat} {name}: {m.sum() / 1000:.1f} ml, model {t1 - t0:.0f} s, patch fills {time.time() - t1:.0f} s",
-              flush=True)
+        print(f"{cat} {name}: {m.sum() / 1000:.1f} ml, parts {time.time() - t0:.0f} s", flush=True)
     out = {}
     for cat, name, img, m in data:
         f = folder / f"{name}.npz"

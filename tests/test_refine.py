@@ -87,3 +87,77 @@ def test_fill_array_applies_the_models_refiner():
     # it corrects the two patch fills' blend: without both in it, it is not applied
     assert np.array_equal(api.fill_array(v, m, **{**kw, "patch_weight": 0.0}),
                           api.fill_array(v, m, refine=False, **{**kw, "patch_weight": 0.0}))
+
+
+def _tiny_cohort(root):
+    import nibabel as nib
+
+    n = 32
+    aff = np.eye(4)
+    aff[:3, 3] = -(n - 1) / 2
+    ijk = np.indices((n, n, n)).transpose(1, 2, 3, 0)
+
+    def ball(c, r):
+        return np.sqrt(((ijk - np.asarray(c)) ** 2).sum(-1)) <= r
+
+    brains, masks = root / "brains", root / "masks" / "soop"
+    brains.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    brain = ball((15.5, 15.5, 15.5), 13)
+    img = np.where(brain, 0.8 + 0.05 * rng.standard_normal((n, n, n)), 0).astype(np.float32)
+    img[ball((15.5, 15.5, 15.5), 4)] = 0.3
+    nib.Nifti1Image(img, aff).to_filename(str(brains / "alpha_T1w.nii.gz"))
+    nib.Nifti1Image(brain.astype(np.uint8), aff).to_filename(str(brains / "alpha_brainmask.nii.gz"))
+    for i, c in enumerate([(10, 12, 14), (20, 18, 15), (12, 20, 18), (18, 10, 12), (14, 14, 20)]):
+        nib.Nifti1Image(ball(c, 3.5).astype(np.uint8), aff).to_filename(str(masks / f"sub-{i:02d}_lesion.nii.gz"))
+    torch.manual_seed(0)
+    m = USBModel(preset("tiny")).eval()
+    weights = save_model(root / "w", {"fill": m, "generate": m})
+    return brains, root / "masks", weights
+
+
+def test_refiner_stage_makes_cases_and_trains(tmp_path):
+    from usb_prep.refine_training import RefinerConfig, generate, load_cases, train_refiner
+
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cfg = RefinerConfig(brains=str(brains), masks=str(masks), out=str(tmp_path / "run"), fill_weights=str(weights),
+                        cases=3, min_ml=0.05, min_voxels=20, workers=0, iterations=4, log_every=2, batch_size=2)
+    assert generate(cfg) == 3
+    files = sorted((tmp_path / "run" / "cases").glob("*.npz"))
+    assert [f.name for f in files] == ["0000.npz", "0001.npz", "0002.npz"]
+    with np.load(files[0]) as z:
+        m, img, truth = z["mask"], z["img"], z["truth"]
+        assert m.any() and (~m).any()  # the crop keeps known voxels around the lesion
+        assert np.array_equal(img[~m], truth[~m]) and not np.allclose(img[m], truth[m])  # painted in the mask only
+        for key in ("u", "pf", "nf"):
+            assert np.isfinite(z[key]).all() and np.array_equal(z[key][~m], img[~m])
+    again = tmp_path / "again"
+    generate(RefinerConfig(**{**cfg.to_dict(), "out": str(again), "cases": 1}))
+    with np.load(files[0]) as a, np.load(again / "cases" / "0000.npz") as b:
+        assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["nf"], b["nf"])  # case i from its seed alone
+    x, base, t, mk = load_cases(files[:1])[0]
+    assert x.shape[0] == 5 and min(x.shape[1:]) >= 32 and base.shape == t.shape == mk.shape == x.shape[1:]
+    path = train_refiner(cfg, progress=False)
+    net = Refiner()
+    net.load_state_dict(torch.load(path))
+    assert net.out.weight.abs().sum() > 0  # it learnt something: the zero-initialised last layer moved
+
+
+def test_usb_train_refiner_stage_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from usb_prep.cli.train import main
+
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cfg = tmp_path / "refiner.json"
+    cfg.write_text(json.dumps({"stage": "refiner", "cases": 2, "min_ml": 0.05, "min_voxels": 20, "workers": 1,
+                               "start_after": 0, "iterations": 2, "batch_size": 1}))
+    res = CliRunner().invoke(main, ["--config", str(cfg), "--brains", str(brains), "--masks", str(masks),
+                                    "--fill-weights", str(weights), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "refine.pt").exists() and "refiner:" in res.output
+    assert len(list((tmp_path / "run" / "cases").glob("*.npz"))) == 2
+    bad = CliRunner().invoke(main, ["--config", str(cfg), "--brains", str(brains), "--masks", str(masks),
+                                    "--iterations", "3", "--patch", "8"])
+    assert bad.exit_code != 0 and "refiner stage" in bad.output

@@ -4,7 +4,7 @@ The blend (:func:`usb_prep.api._blend_classical`: 0.2 classical patch fill + 0.8
 non-local-means fill by default) averages its parts voxel by voxel. The refiner sees the known image,
 the mask and the parts themselves (the model's fill, the patch fill, the nlm fill) and adds a residual
 inside the mask; its last layer is zero-initialised, so an untrained refiner returns the blend.
-Trained on synthetic lesions of the training brains by ``benchmarks/refiner_probe.py`` (gen, train).
+Trained on synthetic lesions of the training brains by :mod:`usb_prep.refine_training` (``usb-train --stage refiner``).
 """
 from __future__ import annotations
 

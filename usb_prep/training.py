@@ -429,7 +429,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         from .weights import load_model
 
         init, info = load_model(cfg.init_weights, "generate" if mcfg.grid is not None else "fill")
-        init.refiner = None  # the refiner belongs to the weights' fill, not to the run (refiner_probe trains it)
+        init.refiner = None  # the refiner belongs to the weights' fill, not to the run (usb-train --stage refiner trains it)
         model.load_state_dict(init.state_dict())
         ema.load_state_dict(init.state_dict())
         log.info("initialised from %s (sha256 %s)", info["file"], info["sha256"])

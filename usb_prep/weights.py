@@ -206,7 +206,7 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
-    if refiner is not None:  # a state dict saved by torch.save (benchmarks/refiner_probe.py train)
+    if refiner is not None:  # a state dict saved by torch.save (usb_prep.refine_training: OUT/refine.pt)
         from .refine import Refiner
 
         f.refiner = Refiner()

@@ -1,0 +1,251 @@
+"""Training the fill's refiner (:mod:`usb_prep.refine`): synthetic cases, then the residual CNN.
+
+A *case* is a training mask (deformed and placed as the fill model's training places them) painted
+as a T1w lesion on a healthy training brain, confined to the mask, and the three parts of the default
+fill computed on it by the fill model being refined: the model's own fill, the classical patch fill
+and the model-guided nlm fill (one pass, as the default blend runs them). Cases are crops (the
+lesions' box with :data:`usb_prep.refine.CONTEXT` known voxels) saved as ``OUT/cases/NNNN.npz``; the
+refiner trains on random :data:`usb_prep.refine.PATCH`^3 windows of them (flips, axis permutations),
+reading new cases as they appear, so generation and training can run side by side.
+Case ``i`` is drawn from seed ``10000 + i`` alone: any process or shard makes the same case.
+
+``usb-train --config benchmarks/train_refiner.json`` runs both (``RefinerConfig.workers`` generating
+processes, training in the main one).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import crops
+from .refine import CONTEXT, PATCH, Refiner, pad_to_window, refiner_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefinerConfig:
+    brains: str = ""  # prepared brains (as TrainConfig.brains)
+    masks: str = ""  # lesion mask root (soop/, ms/, neglect/); the "train" split is used
+    out: str = "runs/refiner"
+    fill_weights: str | None = None  # the fill model whose parts the refiner corrects (None: packaged)
+    cases: int = 400  # case indices 0 .. cases-1
+    gen_minutes: float = 60.0  # generating processes stop after this
+    minutes: float = 45.0  # training budget
+    iterations: int | None = None  # ... or this many iterations, whichever ends first
+    start_after: float = 20.0  # minutes of generation before training starts (0 with cases already made)
+    workers: int = 2  # generating processes (0: no generation, train on OUT/cases as it is)
+    batch_size: int = 4
+    lr: float = 3e-4
+    ema: float = 0.995
+    seed: int = 0
+    threads: int = 1
+    min_ml: float = 0.5
+    max_ml: float = 120.0
+    min_voxels: int = 300  # placed masks smaller than this (inside the brain) are skipped
+    max_masks: int | None = None  # use only this many masks (tests)
+    exclude_brains: tuple[str, ...] = ("otsu_head", "brats_gli_00001")
+    channels: tuple[int, ...] = (16, 32, 48)
+    log_every: int = 50
+    reload_every: int = 300  # iterations between looks for new cases
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def paint_t1w(image, brain, mask, rng) -> np.ndarray:
+    """A T1w lesion painted by :func:`usb_prep.data.synthesis.paint_lesion`, confined to ``mask`` (the mask
+    covers the whole lesion, as a user's mask should)."""
+    from .data.synthesis import paint_lesion
+
+    out = paint_lesion(image, brain, mask, rng, contrast="T1w")
+    out = out[0] if isinstance(out, tuple) else out
+    return np.where(mask, out, image).astype(np.float32)
+
+
+def fill_parts(model, image, mask, affine):
+    """The three parts of the default fill (whole images): the model's own fill (``fill_array`` without the
+    patch fills), the classical patch fill and the nlm fill guided by the model's (``blend_fill`` with all
+    weight on one of them, one pass)."""
+    from . import api
+
+    u = api.fill_array(image, mask, model=model, device="cpu", affine=affine, patch_weight=0.0, nlm_weight=0.0)
+    one = dict(affine=affine, nlm_passes=1, nlm_coarse=False, smooth=0.0)
+    pf = api.blend_fill(u, image, mask, model.cfg, patch_weight=1.0, nlm_weight=0.0, **one)
+    nf = api.blend_fill(u, image, mask, model.cfg, patch_weight=0.0, nlm_weight=1.0, **one)
+    return u, pf, nf
+
+
+def _bank(cfg: RefinerConfig, ref):
+    from .data.splits import list_masks
+    from .data.synthesis import load_mask_bank
+
+    paths = list_masks(Path(cfg.masks), "train")
+    if cfg.max_masks:
+        paths = paths[: cfg.max_masks]
+    return load_mask_bank(paths, (ref["image"].shape, ref["affine"]), min_ml=cfg.min_ml, max_ml=cfg.max_ml)
+
+
+def make_case(i: int, brains, bank, model, min_voxels: int = 300) -> dict | None:
+    """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small."""
+    from .training import place_bank_mask
+
+    rng = np.random.default_rng(10_000 + i)
+    b = brains[rng.integers(len(brains))]
+    truth, brain, aff = b["image"], b["brain"], b["affine"]
+    mm, box, e = place_bank_mask(bank, rng)  # as the fill model's training places them
+    m = np.zeros(truth.shape, bool)
+    crops.paste(m, box, mm, np.ones(truth.shape, bool))
+    m &= brain
+    if m.sum() < min_voxels:
+        return None
+    img = paint_t1w(truth, brain, m, rng)
+    u, pf, nf = fill_parts(model, img, m, aff)
+    idx = np.argwhere(m)  # the lesions' box with CONTEXT known voxels, as refine_fill crops
+    sl = tuple(slice(a, c) for a, c in zip(np.maximum(idx.min(0) - CONTEXT, 0),
+                                           np.minimum(idx.max(0) + CONTEXT + 1, m.shape)))
+    return dict(truth=truth[sl], img=img[sl], mask=m[sl], u=u[sl], pf=pf[sl], nf=nf[sl],
+                brain_name=b["name"], mask_name=e["name"])
+
+
+def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float | None = None) -> int:
+    """Write the cases ``k, k + n, ...`` (shard ``(k, n)``) missing from ``OUT/cases``; returns how many."""
+    from .training import load_brains
+    from .weights import load_model
+
+    torch.set_num_threads(1)
+    out = Path(cfg.out) / "cases"
+    out.mkdir(parents=True, exist_ok=True)
+    brains = load_brains(cfg.brains, exclude=tuple(cfg.exclude_brains))
+    if not brains:
+        raise FileNotFoundError(f"no prepared brains in {cfg.brains!r}")
+    bank = _bank(cfg, brains[0])
+    model, _ = load_model(cfg.fill_weights, "fill", "cpu")
+    t_end = time.time() + 60 * (cfg.gen_minutes if minutes is None else minutes)
+    k, n = shard
+    made = 0
+    for i in range(k, cfg.cases, n):
+        if time.time() > t_end:
+            break
+        f = out / f"{i:04d}.npz"
+        if f.exists():
+            continue
+        t0 = time.time()
+        case = make_case(i, brains, bank, model, cfg.min_voxels)
+        if case is None:
+            continue
+        tmp = f.with_name(f.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **case)
+        os.replace(tmp, f)
+        made += 1
+        log.info("case %d: %s x %s, %.1f ml, %.0f s", i, case["brain_name"], case["mask_name"],
+                 case["mask"].sum() / 1000, time.time() - t0)
+    return made
+
+
+def load_cases(files) -> list[tuple[np.ndarray, ...]]:
+    """(inputs, base blend, truth, mask) of each case file, padded to the training window."""
+    cases = []
+    for f in files:
+        with np.load(f) as z:
+            m = z["mask"]
+            x, base = refiner_inputs(z["img"], m, z["u"], z["pf"], z["nf"], 0.2 * z["pf"] + 0.8 * z["nf"])
+            cases.append(tuple(pad_to_window(a) for a in (x, base, z["truth"].astype(np.float32), m)))
+    return cases
+
+
+def sample_window(cases, rng) -> list[np.ndarray]:
+    """One training window around a random lesion voxel of a random case, randomly flipped and permuted."""
+    x, base, t, m = cases[rng.integers(len(cases))]
+    idx = np.argwhere(m)
+    lo = np.clip(idx[rng.integers(len(idx))] - PATCH // 2 + rng.integers(-8, 9, 3), 0, np.array(m.shape) - PATCH)
+    sl = tuple(slice(a, a + PATCH) for a in lo)
+    arrs = [x[(slice(None),) + sl], base[sl][None], t[sl][None], m[sl][None].astype(np.float32)]
+    for ax in range(3):
+        if rng.random() < 0.5:
+            arrs = [np.flip(a, ax + 1) for a in arrs]
+    perm = rng.permutation(3) + 1
+    return [np.ascontiguousarray(a.transpose(0, *perm)) for a in arrs]
+
+
+def _case_files(cfg):
+    return sorted(f for f in glob.glob(str(Path(cfg.out) / "cases" / "*.npz")) if not f.endswith(".tmp.npz"))
+
+
+def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
+    """Train a refiner on ``OUT/cases`` (re-read every ``reload_every`` iterations) for ``cfg.minutes`` or
+    ``cfg.iterations``; the EMA weights go to ``OUT/refine.pt`` at every log and at the end."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    files = _case_files(cfg)
+    if not files:
+        raise FileNotFoundError(f"no refiner cases in {Path(cfg.out) / 'cases'}")
+    cases = load_cases(files)
+    torch.manual_seed(cfg.seed)
+    net, ema = Refiner(cfg.channels), Refiner(cfg.channels)
+    ema.load_state_dict(net.state_dict())
+    opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=1e-4)
+    rng, t0, it, gains = np.random.default_rng(cfg.seed), time.time(), 0, []
+    path = Path(cfg.out) / "refine.pt"
+    bar = tqdm(desc="refiner", unit="it", disable=not progress)
+    while time.time() - t0 < cfg.minutes * 60 and it < (cfg.iterations or float("inf")):
+        batch = [sample_window(cases, rng) for _ in range(cfg.batch_size)]
+        x, base, t, m = (torch.from_numpy(np.stack([b[j] for b in batch])) for j in range(4))
+        n = m.sum((1, 2, 3, 4)).clamp(min=1)
+        mse = ((base + m * net(x) - t) ** 2 * m).sum((1, 2, 3, 4)) / n
+        mse0 = ((base - t) ** 2 * m).sum((1, 2, 3, 4)) / n
+        loss = torch.log(mse + 1e-5).mean()  # mean log MSE: the mean in-mask PSNR the benchmark reports
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        it += 1
+        bar.update()
+        with torch.no_grad():
+            for p, q in zip(ema.parameters(), net.parameters()):
+                p.mul_(cfg.ema).add_(q, alpha=1 - cfg.ema)
+        gains.append(float(torch.log(mse0 + 1e-5).mean() - loss.detach()) * 10 / np.log(10))
+        if it % cfg.reload_every == 0:  # cases still being generated
+            new = sorted(set(_case_files(cfg)) - set(files))
+            files += new
+            cases += load_cases(new)
+        if it % cfg.log_every == 0:
+            log.info("it %d, %.0f s, %d cases, training gain %.3f dB", it, time.time() - t0, len(cases),
+                     np.mean(gains[-cfg.log_every:]))
+            torch.save(ema.state_dict(), path)
+    bar.close()
+    torch.save(ema.state_dict(), path)
+    return path
+
+
+def _gen_worker(cfg, k, n):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    generate(cfg, (k, n))
+
+
+def run(cfg: RefinerConfig, *, progress: bool = True) -> Path:
+    """Generate cases in ``cfg.workers`` processes and train beside them after ``start_after`` minutes."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_gen_worker, args=(cfg, k, cfg.workers)) for k in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    try:
+        t_start = time.time() + 60 * cfg.start_after
+        while time.time() < t_start and any(p.is_alive() for p in procs):
+            time.sleep(1)
+        while not _case_files(cfg) and any(p.is_alive() for p in procs):
+            time.sleep(1)
+        if any(p.exitcode not in (0, None) for p in procs):
+            raise RuntimeError("a case-generating process failed; see its log above")
+        return train_refiner(cfg, progress=progress)
+    finally:
+        for p in procs:
+            p.join()
