@@ -7,7 +7,7 @@ synthetic cases on the training brains filled by the fill model, then the residu
 (``validation.cache_parts``: otsu_head x held-out masks that are not benchmark cases), the refiner applied
 as the package applies it (``usb_prep.refine.refine_fill``)::
 
-    python benchmarks/refiner_probe.py val /work/runs/refiner/refine.pt
+    python benchmarks/refiner_probe.py val packaged /work/runs/refiner/refine.pt --flips 1 4
 """
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def val(args):
     hi = float(truth[brain].max())
     tr = M.scale01(truth, 0, hi)
     parts = V.cache_parts(a, data, affine)
-    net = Refiner()
-    net.load_state_dict(torch.load(args.weights))
-    net.eval()
+    nets = {w: _load(w) for w in args.weights}
+    heads = ["blend"] + [f"{Path(w).name if w != 'packaged' else w}, flips {k}" for w in nets for k in args.flips]
     rows = []
     for cat, name, img, m in data:
         full = {}
@@ -44,8 +43,10 @@ def val(args):
             full[key] = img.copy()
             full[key][m] = parts[name][key]
         blend = 0.2 * full["pf"] + 0.8 * full["nf"]
+        outs = [blend[m]] + [refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend, flips=k)
+                             for net in nets.values() for k in args.flips]
         scores = []
-        for vals in (blend[m], refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend)):
+        for vals in outs:
             o = img.copy()
             o[m] = vals
             o = M.scale01(o, 0, hi)
@@ -53,21 +54,38 @@ def val(args):
         rows.append((cat, name, m.sum() / 1000, scores))
         print(rows[-1], flush=True)
     s = np.array([r[3] for r in rows])
+    cmd = " ".join(["python benchmarks/refiner_probe.py val", *args.weights, "--flips", *map(str, args.flips),
+                    "--extra", str(args.extra)])
     lines = ["# Refiner probe (validation masks)", "",
-             f"Command: `python benchmarks/refiner_probe.py val {args.weights} --extra {args.extra}` (weights from "
-             "`usb-train --config benchmarks/train_refiner.json`); in-mask PSNR dB / SSIM of the default blend and the refined blend.", "",
-             "| category | mask | ml | default | refined |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {n} | {ml:.1f} | {v[0]:.2f} / {v[1]:.3f} | {v[2]:.2f} / {v[3]:.3f} |" for c, n, ml, v in rows]
-    lines.append(f"| **mean** | | | **{s[:, 0].mean():.2f} / {s[:, 1].mean():.3f}** | "
-                 f"**{s[:, 2].mean():.2f} / {s[:, 3].mean():.3f}** |")
+             f"Command: `{cmd}` (`packaged`: the refiner in the packaged weights; others: `OUT/refine.pt` of "
+             "`usb-train --config benchmarks/train_refiner.json`); in-mask PSNR dB / SSIM of the default blend "
+             "and the refined blends (the residual averaged over `flips` flipped inputs).", "",
+             "| category | mask | ml | " + " | ".join(heads) + " |", "|---" * (3 + len(heads)) + "|"]
+    for c, n, ml, v in rows:
+        lines.append(f"| {c} | {n} | {ml:.1f} | " + " | ".join(f"{v[2 * j]:.2f} / {v[2 * j + 1]:.3f}"
+                                                           for j in range(len(heads))) + " |")
+    lines.append("| **mean** | | | " + " | ".join(f"**{s[:, 2 * j].mean():.2f} / {s[:, 2 * j + 1].mean():.3f}**"
+                                                 for j in range(len(heads))) + " |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _load(w):
+    """A refiner: ``packaged`` (the packaged weights' own) or a state dict saved by the refiner stage."""
+    if w == "packaged":
+        from usb_prep.weights import load_model
+
+        return load_model(None, "fill", "cpu")[0].refiner
+    net = Refiner()
+    net.load_state_dict(torch.load(w))
+    return net.eval()
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["val"])
-    p.add_argument("weights", nargs="?", help="val: the refiner's state dict")
+    p.add_argument("weights", nargs="+", help="refiners: `packaged` or state dicts (OUT/refine.pt)")
+    p.add_argument("--flips", type=int, nargs="+", default=[1], help="flip counts to average the residual over")
     p.add_argument("--data", default="/work/shared/data")
     p.add_argument("--brains", default="/work/cache/brains")
     p.add_argument("--threads", type=int, default=1)

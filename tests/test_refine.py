@@ -111,6 +111,11 @@ def _tiny_cohort(root):
     nib.Nifti1Image(brain.astype(np.uint8), aff).to_filename(str(brains / "alpha_brainmask.nii.gz"))
     for i, c in enumerate([(10, 12, 14), (20, 18, 15), (12, 20, 18), (18, 10, 12), (14, 14, 20)]):
         nib.Nifti1Image(ball(c, 3.5).astype(np.uint8), aff).to_filename(str(masks / f"sub-{i:02d}_lesion.nii.gz"))
+    (root / "masks" / "ms").mkdir()
+    for i in (1, 2, 3):  # thin elongated "MS" lesions
+        ms = np.zeros((n, n, n), np.uint8)
+        ms[7 + 4 * i:10 + 4 * i, 10:22, 13:17] = 1
+        nib.Nifti1Image(ms, aff).to_filename(str(root / "masks" / "ms" / f"ms_patient0{i}_mask_MNI.nii.gz"))
     torch.manual_seed(0)
     m = USBModel(preset("tiny")).eval()
     weights = save_model(root / "w", {"fill": m, "generate": m})
@@ -136,6 +141,14 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     generate(RefinerConfig(**{**cfg.to_dict(), "out": str(again), "cases": 1}))
     with np.load(files[0]) as a, np.load(again / "cases" / "0000.npz") as b:
         assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["nf"], b["nf"])  # case i from its seed alone
+    from usb_prep.refine_training import _banks, make_case
+    from usb_prep.training import load_brains
+
+    bank, ms_bank = _banks(cfg, load_brains(brains)[0])
+    assert ms_bank and {e["name"] for e in ms_bank} < {e["name"] for e in bank}
+    model = load_model(weights, "fill", "cpu")[0]
+    names = [make_case(i, load_brains(brains), bank, model, 20, ms_bank, 2)["mask_name"] for i in (0, 1, 3)]
+    assert [str(v).startswith("ms_") for v in names] == [False, True, True]  # every 2nd case: an MS mask
     x, base, t, mk = load_cases(files[:1])[0]
     assert x.shape[0] == 5 and min(x.shape[1:]) >= 32 and base.shape == t.shape == mk.shape == x.shape[1:]
     path = train_refiner(cfg, progress=False)
@@ -161,3 +174,19 @@ def test_usb_train_refiner_stage_cli(tmp_path):
     bad = CliRunner().invoke(main, ["--config", str(cfg), "--brains", str(brains), "--masks", str(masks),
                                     "--iterations", "3", "--patch", "8"])
     assert bad.exit_code != 0 and "refiner stage" in bad.output
+
+
+def test_refiner_flip_averaging_is_the_mean_over_flipped_inputs():
+    from usb_prep.refine import FLIPS, _flip_mean
+
+    torch.manual_seed(0)
+    net = Refiner().eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # not the zero start: a non-trivial residual
+    x = torch.rand(1, 5, 32, 32, 32)
+    with torch.no_grad():
+        want = (net(x) + torch.flip(net(torch.flip(x, (2,))), (2,))) / 2
+        assert torch.allclose(_flip_mean(net, FLIPS[:2])(x), want, atol=1e-6)
+        assert not torch.allclose(want, net(x), atol=1e-4)  # the flip changed something
+    img, mask, fills, blend = _parts()
+    one, four = (refine_fill(net, img, mask, *fills, blend, flips=k) for k in (1, 4))
+    assert one.shape == four.shape == (mask.sum(),) and not np.allclose(one, four)

@@ -61,12 +61,28 @@ def pad_to_window(a: np.ndarray, size: int = PATCH) -> np.ndarray:
     return np.pad(a, [(0, 0)] * (a.ndim - 3) + [(0, n) for n in need])
 
 
+FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))  # tensor dims of (N, C, X, Y, Z)
+
+
+def _flip_mean(net, flips):
+    """``net`` averaged over input flips (undone on the output): it was trained on flipped windows."""
+    def f(x):
+        out = net(x)
+        for d in flips[1:]:  # flips[0] is () : no flip
+            out = out + torch.flip(net(torch.flip(x, d)), d)
+        return out / len(flips)
+    return f
+
+
 @torch.no_grad()
-def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, blend) -> np.ndarray:
+def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, blend, flips: int = 1) -> np.ndarray:
     """The refined fill's values over ``mask`` (all arguments whole images; the fills hold their values
     inside ``mask``). Each lesion's crop, with :data:`CONTEXT` known voxels around it, goes through the
-    refiner in overlapping :data:`PATCH`^3 windows (Gaussian-weighted)."""
+    refiner in overlapping :data:`PATCH`^3 windows (Gaussian-weighted), its residual averaged over the
+    first ``flips`` of :data:`FLIPS`."""
     from monai.inferers import sliding_window_inference
+
+    predict = net if flips <= 1 else _flip_mean(net, FLIPS[:flips])
 
     mask = np.asarray(mask, bool)
     out = np.asarray(blend, np.float32).copy()
@@ -76,7 +92,7 @@ def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, ble
                  for a in (image, model_fill, patch_fill, nlm_fill, blend)]
         m = crops.extract(mask, box)
         x, base = refiner_inputs(parts[0], m, *parts[1:])
-        r = sliding_window_inference(torch.from_numpy(pad_to_window(x))[None].to(dev), PATCH, 4, net,
+        r = sliding_window_inference(torch.from_numpy(pad_to_window(x))[None].to(dev), PATCH, 4, predict,
                                      overlap=0.5, mode="gaussian")
         r = r[0, 0].float().cpu().numpy()[tuple(slice(0, s) for s in base.shape)]
         crops.paste(out, box, base + r, mask)

@@ -51,6 +51,8 @@ class RefinerConfig:
     min_ml: float = 0.5
     max_ml: float = 120.0
     min_voxels: int = 300  # placed masks smaller than this (inside the brain) are skipped
+    ms_every: int = 5  # every ms_every-th case (i % ms_every == ms_every - 1) draws an MS mask (0: never);
+    # the bank is ~97% stroke, users' and the benchmark's lesions are not
     max_masks: int | None = None  # use only this many masks (tests)
     exclude_brains: tuple[str, ...] = ("otsu_head", "brats_gli_00001")
     channels: tuple[int, ...] = (16, 32, 48)
@@ -84,24 +86,30 @@ def fill_parts(model, image, mask, affine):
     return u, pf, nf
 
 
-def _bank(cfg: RefinerConfig, ref):
+def _banks(cfg: RefinerConfig, ref):
+    """The training masks (all cohorts) and those of the ``ms`` cohort."""
     from .data.splits import list_masks
     from .data.synthesis import load_mask_bank
 
     paths = list_masks(Path(cfg.masks), "train")
     if cfg.max_masks:
         paths = paths[: cfg.max_masks]
-    return load_mask_bank(paths, (ref["image"].shape, ref["affine"]), min_ml=cfg.min_ml, max_ml=cfg.max_ml)
+    grid = (ref["image"].shape, ref["affine"])
+    bank = load_mask_bank(paths, grid, min_ml=cfg.min_ml, max_ml=cfg.max_ml)
+    ms = [p for p in paths if p.parent.name == "ms"]
+    return bank, (load_mask_bank(ms, grid, min_ml=cfg.min_ml, max_ml=cfg.max_ml) if ms else [])
 
 
-def make_case(i: int, brains, bank, model, min_voxels: int = 300) -> dict | None:
-    """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small."""
+def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms_every: int = 0) -> dict | None:
+    """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small.
+    Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty)."""
     from .training import place_bank_mask
 
     rng = np.random.default_rng(10_000 + i)
     b = brains[rng.integers(len(brains))]
     truth, brain, aff = b["image"], b["brain"], b["affine"]
-    mm, box, e = place_bank_mask(bank, rng)  # as the fill model's training places them
+    pool = ms_bank if ms_every and i % ms_every == ms_every - 1 and len(ms_bank) else bank
+    mm, box, e = place_bank_mask(pool, rng)  # as the fill model's training places them
     m = np.zeros(truth.shape, bool)
     crops.paste(m, box, mm, np.ones(truth.shape, bool))
     m &= brain
@@ -127,7 +135,7 @@ def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float
     brains = load_brains(cfg.brains, exclude=tuple(cfg.exclude_brains))
     if not brains:
         raise FileNotFoundError(f"no prepared brains in {cfg.brains!r}")
-    bank = _bank(cfg, brains[0])
+    bank, ms_bank = _banks(cfg, brains[0])
     model, _ = load_model(cfg.fill_weights, "fill", "cpu")
     t_end = time.time() + 60 * (cfg.gen_minutes if minutes is None else minutes)
     k, n = shard
@@ -139,7 +147,7 @@ def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float
         if f.exists():
             continue
         t0 = time.time()
-        case = make_case(i, brains, bank, model, cfg.min_voxels)
+        case = make_case(i, brains, bank, model, cfg.min_voxels, ms_bank, cfg.ms_every)
         if case is None:
             continue
         tmp = f.with_name(f.stem + ".tmp.npz")
