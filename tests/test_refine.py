@@ -144,10 +144,11 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     from usb_prep.refine_training import _banks, make_case
     from usb_prep.training import load_brains
 
-    bank, ms_bank = _banks(cfg, load_brains(brains)[0])
+    cohort = load_brains(brains)
+    bank, ms_bank = _banks(cfg, cohort[0])
     assert ms_bank and {e["name"] for e in ms_bank} < {e["name"] for e in bank}
     model = load_model(weights, "fill", "cpu")[0]
-    names = [make_case(i, load_brains(brains), bank, model, 20, ms_bank, 2)["mask_name"] for i in (0, 1, 3)]
+    names = [make_case(i, cohort, bank, model, 20, ms_bank, 2)["mask_name"] for i in (0, 1, 3)]
     assert [str(v).startswith("ms_") for v in names] == [False, True, True]  # every 2nd case: an MS mask
     x, base, t, mk = load_cases(files[:1])[0]
     assert x.shape[0] == 5 and min(x.shape[1:]) >= 32 and base.shape == t.shape == mk.shape == x.shape[1:]
