@@ -96,13 +96,17 @@ def run(args):
     truth, brain, affine, parts = cached_parts(args)
     hi = float(truth[brain].max())
     table = chains(affine)
+    parts = list(parts)  # every chain runs over the same cases
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.variants:  # only fill the cache
         for _ in parts:
             pass
     for cname in args.variants:
         rows = {}
-        for cat, name, img, m, g, pf in parts:
+        k, n = (int(x) for x in args.shard.split("/"))
+        for i, (cat, name, img, m, g, pf) in enumerate(parts):
+            if i % n != k:
+                continue
             t0 = time.time()
             pf_img = img.copy()
             pf_img[m] = pf
@@ -116,11 +120,14 @@ def run(args):
                                                    "time_s": time.time() - t0})  # cumulative over the chain
                 print(vname, rows[vname][-1], flush=True)
             for vname, r in rows.items():
-                (RESULTS / f"{vname}.json").write_text(json.dumps(r, indent=1))
+                suffix = "" if n == 1 else f".{k}of{n}"  # shards: merge with --table
+                (RESULTS / f"{vname}{suffix}.json").write_text(json.dumps(r, indent=1))
 
 
 def write_table(args):
-    runs = {f.stem: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
+    runs = {}
+    for f in sorted(RESULTS.glob("*.json")):  # NAME.json or its shards NAME.KofN.json
+        runs.setdefault(f.name.split(".")[0], []).extend(json.loads(f.read_text()))
     common = set.intersection(*[{r["mask"] for r in rows} for rows in runs.values()]) if runs else set()
     lines = ["# Variants of the guided nlm fill (validation masks)", "",
              "Command: `python benchmarks/fill_variants.py --variants CHAIN ...` then `--table`; validation masks "
@@ -186,8 +193,10 @@ def main(argv=None):
     p.add_argument("--brains", default="/work/cache/brains")
     p.add_argument("--weights", default=None)
     p.add_argument("--variants", nargs="*", default=[])
+    p.add_argument("--extra", type=int, default=4, help="held-out masks per category beyond validation's 2")
     p.add_argument("--table", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shard", default="0/1", help="k/n: only cases k, k + n, ... (one process per core)")
     p.add_argument("--wait", action="store_true", help="wait for another process to cache the model fills")
     p.add_argument("--sweep", action="store_true", help="score blend weights from the saved fills")
     args = p.parse_args(argv)

@@ -42,6 +42,12 @@ def val(args):
         for key in ("u", "pf", "nf"):
             full[key] = img.copy()
             full[key][m] = parts[name][key]
+        if args.nlm:  # a variant's nlm fill in place of the default one (fill_variants.py --variants)
+            f = HERE / "cache" / "variants" / f"{name}.{args.nlm}.npy"
+            if not f.exists():
+                print(f"{cat} {name}: no {args.nlm} fill, skipped", flush=True)
+                continue
+            full["nf"][m] = np.load(f)
         blend = 0.2 * full["pf"] + 0.8 * full["nf"]
         outs = [blend[m]] + [refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend, flips=k)
                              for net in nets.values() for k in args.flips]
@@ -55,7 +61,7 @@ def val(args):
         print(rows[-1], flush=True)
     s = np.array([r[3] for r in rows])
     cmd = " ".join(["python benchmarks/refiner_probe.py val", *args.weights, "--flips", *map(str, args.flips),
-                    "--extra", str(args.extra)])
+                    "--extra", str(args.extra)] + (["--nlm", args.nlm] if args.nlm else []))
     lines = ["# Refiner probe (validation masks)", "",
              f"Command: `{cmd}` (`packaged`: the refiner in the packaged weights; others: `OUT/refine.pt` of "
              "`usb-train --config benchmarks/train_refiner.json`); in-mask PSNR dB / SSIM of the default blend "
@@ -90,6 +96,7 @@ def main(argv=None):
     p.add_argument("--brains", default="/work/cache/brains")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--extra", type=int, default=4)
+    p.add_argument("--nlm", default=None, help="use this fill_variants.py variant's nlm fill (cached) as the nlm part")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.out = args.out or str(HERE / "results" / "refiner_probe.md")

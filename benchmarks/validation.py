@@ -98,7 +98,7 @@ def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
     from usb_prep.weights import load_model
 
     model, info = load_model(args.weights, "fill", "cpu")
-    folder = PARTS / info["sha256"][:12]
+    folder = PARTS / (info["sha256"][:12] + ("_mirror" if model.cfg.default_nlm_mirror else ""))  # nf depends on it
     folder.mkdir(parents=True, exist_ok=True)
     k, n = (int(x) for x in shard.split("/"))
     for i, (cat, name, img, m) in enumerate(data):

@@ -113,6 +113,7 @@ def fill_array(
     nlm_weight: float | None = None,
     nlm_passes: int | None = None,
     nlm_coarse: bool | None = None,
+    nlm_mirror: bool | None = None,
     smooth: float | None = None,
     refine: bool | None = None,
 ) -> np.ndarray:
@@ -126,7 +127,7 @@ def fill_array(
     image itself, complementary to the model's mean estimate) and
     ``nlm_weight`` (share of the non-local-means patch fill: the mean of the
     best-matching patches' centres, matched against the model's fill as well
-    as the known border), ``nlm_passes``, ``nlm_coarse`` and ``smooth`` (see
+    as the known border), ``nlm_passes``, ``nlm_coarse``, ``nlm_mirror`` and ``smooth`` (see
     :func:`_blend_classical`) default to the model's config (see
     :func:`fill_settings`); the model's fill gets the rest. ``refine`` (default
     true): where the weights ship a refiner (``model.refiner``,
@@ -137,8 +138,8 @@ def fill_array(
         model, _ = load_model(weights, "fill", dev)
     cfg = model.cfg
     opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight,
-                         nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, smooth=smooth,
-                         refine=refine)
+                         nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, nlm_mirror=nlm_mirror,
+                         smooth=smooth, refine=refine)
     steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
     if cfg.grid is not None:
@@ -164,18 +165,21 @@ def blend_fill(model_fill: np.ndarray, image: np.ndarray, mask: np.ndarray, cfg,
 
 def _blend(out, image, mask, seed, opts, affine, refiner=None):
     if mask.any():
-        out[mask] = _blend_classical(out, image, mask, seed, opts, refiner if opts["refine"] else None)
+        out[mask] = _blend_classical(out, image, mask, seed, opts, affine, refiner if opts["refine"] else None)
     return out
 
 
-def _blend_classical(model_fill, image, mask, seed, opts, refiner=None) -> np.ndarray:
+def _blend_classical(model_fill, image, mask, seed, opts, affine=None, refiner=None) -> np.ndarray:
     """Lesion voxels of the weighted average of the model's fill and the two patch fills (``opts``:
     :func:`fill_settings`).
 
     The non-local-means fill is guided by the model's: its patch distances see the model's values in
     the unfilled lesion, so deep inside big lesions it copies real tissue that fits the model's layout.
     With ``nlm_coarse`` that guide is the mean of the model's fill and the nlm fill of a 2x coarser
-    copy (whose patches reach twice as far from the border); with ``nlm_passes`` > 1 each further
+    copy (whose patches reach twice as far from the border); with ``nlm_mirror`` its candidates also come
+    from the brain mirrored across the left-right midline (``affine`` tells which axis; the lesion is
+    left out of the mirror), so a unilateral lesion can copy its healthy counterpart's tissue, searched in
+    the same window (which absorbs the brain's asymmetry); with ``nlm_passes`` > 1 each further
     pass is guided by the previous pass's average. The model's smooth mean estimate and the patch
     fills (texture copied from the image itself) err differently, so their average beats each of them.
     ``smooth`` > 0 finally smooths the fill by a Gaussian of that sigma (voxels), normalised over the
@@ -194,11 +198,12 @@ def _blend_classical(model_fill, image, mask, seed, opts, refiner=None) -> np.nd
         base += w_patch * pf
     out = base
     if w_nlm > 0:
+        extra = mirror_lr(img, affine, exclude=mask) if opts["nlm_mirror"] else None
         guide = model_fill
         if opts["nlm_coarse"]:
             guide = 0.5 * model_fill + 0.5 * coarse_guide(img, mask, brain=brain)
         for i in range(opts["nlm_passes"]):
-            nf = fill_nlm(img, mask, brain=brain, guide=guide)[mask]
+            nf = fill_nlm(img, mask, brain=brain, guide=guide, extra=extra)[mask]
             out = base + w_nlm * nf
             if i + 1 < opts["nlm_passes"]:  # the next pass's guide
                 guide = img.copy()
@@ -231,11 +236,12 @@ def _smooth_in(img, mask, values, brain, sigma) -> np.ndarray:
 
 
 # fill_settings' keywords besides ``steps``: what fill_lesion records of its ``**kw`` in the sidecar
-FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth", "refine")
+FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "nlm_mirror", "smooth",
+                 "refine")
 
 
 def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None,
-                  nlm_passes=None, nlm_coarse=None, smooth=None, refine=None) -> dict:
+                  nlm_passes=None, nlm_coarse=None, nlm_mirror=None, smooth=None, refine=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
     opts = {
         "steps": steps or cfg.default_steps,
@@ -245,6 +251,7 @@ def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=No
         "nlm_weight": float(cfg.default_nlm_weight if nlm_weight is None else nlm_weight),
         "nlm_passes": max(1, int(cfg.default_nlm_passes if nlm_passes is None else nlm_passes)),
         "nlm_coarse": bool(cfg.default_nlm_coarse if nlm_coarse is None else nlm_coarse),
+        "nlm_mirror": bool(cfg.default_nlm_mirror if nlm_mirror is None else nlm_mirror),
         "smooth": float(cfg.default_smooth if smooth is None else smooth),
         "refine": True if refine is None else bool(refine),  # used where the weights ship a refiner
     }

@@ -84,6 +84,7 @@ class ModelConfig:
     default_nlm_weight: float = 0.0  # ... and share of the non-local-means patch fill (mean of the best patches)
     default_nlm_passes: int = 1  # ... run this many times, each guided by the previous pass's fill
     default_nlm_coarse: bool = False  # ... the first pass guided by the model's and a 2x coarser nlm fill
+    default_nlm_mirror: bool = False  # ... its candidates also drawn from the brain mirrored across the midline
     default_smooth: float = 0.0  # known-mask filling: Gaussian sigma (voxels) smoothing the final fill
     gamma0: float = 20.0
     k: float = 0.5
