@@ -234,6 +234,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.config import preset
     from usb_prep.classical import coarse_guide
+    from usb_prep.mirror import mirror_lr
     from usb_prep.model import USBModel
     from scipy import ndimage
 
@@ -269,6 +270,12 @@ def test_patch_weight_averages_model_and_classical_fills():
     guide = 0.5 * alone + 0.5 * coarse_guide(v, m, brain=v > 0)
     coarse = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_coarse=True, **kw)
     assert np.allclose(coarse[m], fill_nlm(v, m, brain=v > 0, guide=guide)[m], atol=1e-5)
+    # nlm_mirror: candidates also from the brain mirrored across the midline (the affine's L-R axis)
+    assert api.fill_settings(model.cfg)["nlm_mirror"] is False
+    mirrored = mirror_lr(v, aff, exclude=m)
+    mir = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_mirror=True, **kw)
+    assert np.allclose(mir[m], fill_nlm(v, m, brain=v > 0, guide=alone, extra=mirrored)[m], atol=1e-5)
+    assert not np.allclose(mir[m], nlm[m], atol=1e-3) and np.array_equal(mir[~m], v[~m])
     # smooth: a Gaussian over the filled image, normalised over the brain, written back in the mask only
     sm = api.fill_array(v, m, patch_weight=0.0, smooth=1.0, **kw)
     w = ((v > 0) | m).astype(np.float32)
