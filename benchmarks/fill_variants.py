@@ -101,9 +101,9 @@ def run(args):
     if not args.variants:  # only fill the cache
         for _ in parts:
             pass
+    k, n = (int(x) for x in args.shard.split("/"))
     for cname in args.variants:
         rows = {}
-        k, n = (int(x) for x in args.shard.split("/"))
         for i, (cat, name, img, m, g, pf) in enumerate(parts):
             if i % n != k:
                 continue
