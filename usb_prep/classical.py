@@ -195,21 +195,32 @@ def _patch_offsets(radius: int, strides: tuple[int, ...]) -> np.ndarray:
     return (gz * strides[0] + gy * strides[1] + gx * strides[2]).ravel()
 
 
-def _match(S, Vs, ker, W, cube, kcube, need, centre_ok):
-    """Mean squared patch distance of every window offset, computed as grouped 3-D correlations (one group
-    per target voxel, see :func:`fill_patch`); inf where the overlap is below ``need`` or ``centre_ok`` is
-    false."""
+def _match(S, Vs, W, T, need, centre_ok, patch):
+    """Mean squared patch distance of every window offset for each target voxel (a column of the inputs);
+    inf where the overlap is below ``need`` or ``centre_ok`` is false. Returns ``(n, search^3)``.
+
+    ``S``/``Vs``: context values/validity ``(ctx^3, n)``; ``T``/``W``: target patch values/validity
+    ``(patch^3, n)``. The three correlations of :func:`fill_patch` and the overlap count are one
+    depthwise conv3d over ``4 n`` channels in channels-last layout: oneDNN's depthwise kernel, about
+    3x faster on a CPU than a grouped conv with 3 input channels per group.
+    """
     import torch  # lazy: only the patch fillers need it
 
-    n = S.shape[0]
-    inp = np.stack([Vs * S * S, Vs * S, Vs], axis=1).reshape(1, 3 * n, *cube[1:])
+    n, ctx = S.shape[1], round(S.shape[0] ** (1 / 3))
+    inp = np.empty(S.shape + (4,), np.float32)  # (ctx^3, n, 4): channel = 4 * voxel + term
+    np.multiply(Vs, S, out=inp[..., 1])
+    np.multiply(inp[..., 1], S, out=inp[..., 0])
+    inp[..., 2] = Vs
+    inp[..., 3] = Vs
+    ker = np.stack([W, -2.0 * W * T, W * T * T, W], axis=-1).reshape(patch ** 3, 4 * n).T
+    x = torch.from_numpy(inp).reshape(1, ctx, ctx, ctx, 4 * n).permute(0, 4, 1, 2, 3)  # a channels-last view
+    k = torch.from_numpy(np.ascontiguousarray(ker)).reshape(4 * n, 1, patch, patch, patch)
     with torch.no_grad():
-        num = torch.nn.functional.conv3d(torch.from_numpy(np.ascontiguousarray(inp)),
-                                         torch.from_numpy(np.ascontiguousarray(ker)), groups=n)
-        cnt = torch.nn.functional.conv3d(torch.from_numpy(np.ascontiguousarray(Vs.reshape(1, *cube))),
-                                         torch.from_numpy(np.ascontiguousarray(W.reshape(kcube))), groups=n)
-    num, cnt = num.reshape(n, -1).numpy(), cnt.reshape(n, -1).numpy()
-    return np.where((cnt >= need - 1e-3) & centre_ok, np.maximum(num, 0.0) / np.maximum(cnt, 1.0), np.inf)
+        o = torch.nn.functional.conv3d(x, k, groups=4 * n)[0].permute(1, 2, 3, 0).reshape(-1, n, 4)  # (s^3, n, 4)
+        num, cnt = o[..., :3].sum(-1).clamp_min_(0.0), o[..., 3]
+        ok = (cnt >= torch.from_numpy(need) - 1e-3) & torch.from_numpy(centre_ok)
+        dist = torch.where(ok, num / cnt.clamp_min(1.0), torch.tensor(np.inf)).T.contiguous()
+    return dist.numpy()
 
 
 def fill_patch(
@@ -252,12 +263,13 @@ def fill_patch(
 
     Vectorisation: per layer (in chunks of ``chunk`` voxels) the
     ``(search + patch - 1)``^3 context of each voxel is gathered, and the
-    distances for all offsets are computed as one grouped 3-D correlation
-    (``torch.nn.functional.conv3d`` with one group per voxel), using
+    distances for all offsets are computed as 3-D correlations (one depthwise
+    ``torch.nn.functional.conv3d``, four channels per voxel, see :func:`_match`),
+    using
     ``sum W Vs (T - S)^2 = corr(Vs S^2, W) - 2 corr(Vs S, W T) + corr(Vs, W T^2)``
     with ``T`` the target patch, ``W`` its validity, ``S``/``Vs`` the context
-    values/validity. Cost is about ``volume * search^3 * patch^3`` multiply-adds:
-    a 20 ml lesion takes roughly 10 s on one CPU core at the defaults.
+    values/validity. Cost is about ``4 * volume * search^3 * patch^3``
+    multiply-adds (twice that with ``extra``).
 
     Parameters
     ----------
@@ -378,24 +390,19 @@ def fill_patch(
         for c0 in range(0, vox.size, chunk):
             v = vox[c0:c0 + chunk]
             n = v.size
-            idx = v[:, None] + ctx_off[None, :]  # (n, ctx^3)
+            idx = ctx_off[:, None] + v[None, :]  # (ctx^3, n): voxels are columns, as _match wants
             Vs = flat_v[idx]
             S = flat_w[idx] * (Vs > 0)  # unseen values are arbitrary; zero them
-            T = S[:, sub]
-            W = Vs[:, sub]
-            cube = (n, ctx, ctx, ctx)
-            kcube = (n, 1, patch, patch, patch)
-            ker = np.stack([W, -2.0 * W * T, W * T * T], axis=1).reshape(n, 3, patch, patch, patch)
-            need = np.maximum(min_overlap * W.sum(1, keepdims=True), 1.0)
-            centre_ok = flat_ok[idx[:, cen]]
-            centre_ok[:, centre_idx] = False
-            dist = _match(S, Vs, ker, W, cube, kcube, need, centre_ok)
-            cand = flat_raw[idx[:, cen]]  # (n, search^3) candidate centre values
+            T, W = S[sub], Vs[sub]
+            need = np.maximum(min_overlap * W.sum(0), 1.0)
+            centre_ok = flat_ok[idx[cen]]
+            centre_ok[centre_idx] = False
+            dist = _match(S, Vs, W, T, need, centre_ok, patch)
+            cand = flat_raw[idx[cen]].T  # (n, search^3) candidate centre values
             if extra is not None:  # same window in the second source, its centre included
-                Ve = flat_e_ok[idx].astype(np.float32)
-                dist = np.concatenate([dist, _match(flat_e_w[idx], Ve, ker, W, cube, kcube, need,
-                                                    flat_e_ok[idx[:, cen]])], 1)
-                cand = np.concatenate([cand, flat_e_raw[idx[:, cen]]], 1)
+                dist = np.concatenate([dist, _match(flat_e_w[idx], flat_e_ok[idx].astype(np.float32), W, T, need,
+                                                    flat_e_ok[idx[cen]], patch)], 1)
+                cand = np.concatenate([cand, flat_e_raw[idx[cen]].T], 1)
             best = dist.min(1, keepdims=True)
             if k_mean > 1:  # mean of the k best candidates' centres: a lower-variance estimate
                 kk = min(k_mean, dist.shape[1])
@@ -416,8 +423,8 @@ def fill_patch(
                 vals = cand[np.arange(n), keys.argmax(1)]
             none = ~np.isfinite(best[:, 0])
             if none.any():  # fallback: mean of the valid voxels in the patch
-                known = valid.ravel()[idx[none][:, sub]]  # guide voxels have no raw value yet
-                raw_t = flat_raw[idx[none][:, sub]] * known
+                known = valid.ravel()[idx[sub][:, none]].T  # guide voxels have no raw value yet
+                raw_t = flat_raw[idx[sub][:, none]].T * known
                 vals[none] = raw_t.sum(1) / np.maximum(known.sum(1), 1.0)
             new_vals[c0:c0 + n] = vals
         # Jacobi update: write the whole layer, then mark it valid.
