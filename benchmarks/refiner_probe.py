@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usb_prep.refine import Refiner, refine_fill
+from usb_prep.refine import refine_fill
+from usb_prep.weights import load_refiner_state
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -34,7 +35,7 @@ def val(args):
     hi = float(truth[brain].max())
     tr = M.scale01(truth, 0, hi)
     parts = V.cache_parts(a, data, affine)
-    nets = {w: _load(w) for w in args.weights}
+    nets = {w: load_refiner_state(w) for w in args.weights}
     heads = ["blend"] + [f"{Path(w).name if w != 'packaged' else w}, flips {k}" for w in nets for k in args.flips]
     rows = []
     for cat, name, img, m in data:
@@ -74,17 +75,6 @@ def val(args):
                                                  for j in range(len(heads))) + " |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _load(w):
-    """A refiner: ``packaged`` (the packaged weights' own) or a state dict saved by the refiner stage."""
-    if w == "packaged":
-        from usb_prep.weights import load_model
-
-        return load_model(None, "fill", "cpu")[0].refiner
-    net = Refiner()
-    net.load_state_dict(torch.load(w))
-    return net.eval()
 
 
 def main(argv=None):

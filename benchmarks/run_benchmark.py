@@ -202,7 +202,7 @@ def build_methods(args, log):
     }
     missing = {}
     usb_names = ([f"usb_model_s{min(args.steps)}"] + [f"usb_fill_s{s}" for s in args.steps]
-                 + [f"usb_blend_s{min(args.steps)}", f"usb_mirror_s{min(args.steps)}"]
+                 + [f"usb_blend_s{min(args.steps)}", f"usb_nomirror_s{min(args.steps)}"]
                  + ([] if args.no_heal else [f"usb_heal_s{args.heal_steps}"]))
     try:
         from usb_prep import api
@@ -241,8 +241,10 @@ def build_methods(args, log):
         methods[f"usb_fill_s{s}"] = usb_fill(s)
     # the default without its refiner (where the weights ship one): the blend the refiner corrects
     methods[f"usb_blend_s{s0}"] = usb_fill(s0, refine=False)
-    # the default with the other nlm_mirror setting: its candidates also from the mirrored brain, or not
-    methods[f"usb_mirror_s{s0}"] = usb_fill(s0, nlm_mirror=not model.cfg.default_nlm_mirror)
+    # the default with the other nlm_mirror setting, named for that setting: the nlm's candidates not / also
+    # from the mirrored brain
+    other = "mirror" if not model.cfg.default_nlm_mirror else "nomirror"
+    methods[f"usb_{other}_s{s0}"] = usb_fill(s0, nlm_mirror=not model.cfg.default_nlm_mirror)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",

@@ -156,6 +156,24 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     net = Refiner()
     net.load_state_dict(torch.load(path))
     assert net.out.weight.abs().sum() > 0  # it learnt something: the zero-initialised last layer moved
+    start, net0 = tmp_path / "start.pt", _biased(0.1)
+    torch.save(net0.state_dict(), start)
+    tuned = train_refiner(RefinerConfig(**{**cfg.to_dict(), "init": str(start), "lr": 0.0, "iterations": 1}),
+                          progress=False)
+    sd, sd0 = torch.load(tuned), net0.state_dict()
+    assert sd.keys() == sd0.keys() and all(torch.allclose(sd[k], sd0[k], atol=1e-6) for k in sd)  # lr 0: the start
+
+
+def test_load_refiner_state_packaged_and_file(tmp_path):
+    from usb_prep.weights import load_refiner_state
+
+    packaged = load_refiner_state("packaged")
+    shipped = load_model(None, "fill", "cpu")[0].refiner
+    assert all(torch.equal(a, b) for a, b in zip(packaged.state_dict().values(), shipped.state_dict().values()))
+    net = _biased(0.2)
+    torch.save(net.state_dict(), tmp_path / "r.pt")
+    back = load_refiner_state(tmp_path / "r.pt")
+    assert torch.equal(back.out.bias, net.out.bias) and not back.training
 
 
 def test_usb_train_refiner_stage_cli(tmp_path):

@@ -56,6 +56,7 @@ class RefinerConfig:
     max_masks: int | None = None  # use only this many masks (tests)
     exclude_brains: tuple[str, ...] = ("otsu_head", "brats_gli_00001")
     channels: tuple[int, ...] = (16, 32, 48)
+    init: str | None = None  # start from this refiner: "packaged" or a state dict (OUT/refine.pt); None: from scratch
     log_every: int = 50
     reload_every: int = 300  # iterations between looks for new cases
 
@@ -200,6 +201,10 @@ def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
     cases = load_cases(files)
     torch.manual_seed(cfg.seed)
     net, ema = Refiner(cfg.channels), Refiner(cfg.channels)
+    if cfg.init:  # fine-tune, e.g. after the fill's parts changed a little
+        from .weights import load_refiner_state
+
+        net.load_state_dict(load_refiner_state(cfg.init).state_dict())
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=1e-4)
     rng, t0, it, gains = np.random.default_rng(cfg.seed), time.time(), 0, []

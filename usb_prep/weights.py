@@ -195,6 +195,22 @@ def load_refiner(folder: Path, entry: dict):
     return net.eval()
 
 
+def load_refiner_state(spec: str | os.PathLike):
+    """A refiner from ``spec``: ``"packaged"`` (the packaged weights' refiner, sha256-checked) or a state dict
+    saved by ``usb-train --stage refiner`` (``OUT/refine.pt``, default channels)."""
+    from .refine import Refiner
+
+    if str(spec) == "packaged":
+        folder = packaged_weights_dir()
+        man = read_manifest(folder)
+        if "refiner" not in man:
+            raise WeightsError(f"the packaged weights ({folder}) have no refiner")
+        return load_refiner(folder, man["refiner"])
+    net = Refiner()
+    net.load_state_dict(torch.load(spec, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
            fill_defaults: dict | None = None, generate_defaults: dict | None = None,
            refiner: str | os.PathLike | None = None) -> Path:
@@ -207,10 +223,7 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
     if refiner is not None:  # a state dict saved by torch.save (usb_prep.refine_training: OUT/refine.pt)
-        from .refine import Refiner
-
-        f.refiner = Refiner()
-        f.refiner.load_state_dict(torch.load(refiner, map_location="cpu", weights_only=True))
+        f.refiner = load_refiner_state(refiner)
     # sampling defaults chosen by the benchmark (e.g. default_steps) travel in the config
     f.cfg = f.cfg.replace(**(fill_defaults or {}))
     g.cfg = g.cfg.replace(**(generate_defaults or {}))
