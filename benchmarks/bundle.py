@@ -17,7 +17,7 @@ from usb_prep.weights import bundle
 
 # the packaged defaults (chosen on the validation masks; see the model card)
 FILL_DEFAULTS = dict(default_steps=1, default_margin=0, default_samples=4, window=32, default_patch_weight=0.2,
-                     default_nlm_weight=0.8, default_nlm_mirror=True)
+                     default_nlm_weight=0.8, default_nlm_mirror=True, default_patch_mirror=True)
 GENERATE_DEFAULTS = dict(default_steps=25)
 
 

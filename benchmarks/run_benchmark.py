@@ -241,10 +241,10 @@ def build_methods(args, log):
         methods[f"usb_fill_s{s}"] = usb_fill(s)
     # the default without its refiner (where the weights ship one): the blend the refiner corrects
     methods[f"usb_blend_s{s0}"] = usb_fill(s0, refine=False)
-    # the default with the other nlm_mirror setting, named for that setting: the nlm's candidates not / also
-    # from the mirrored brain
-    other = "mirror" if not model.cfg.default_nlm_mirror else "nomirror"
-    methods[f"usb_{other}_s{s0}"] = usb_fill(s0, nlm_mirror=not model.cfg.default_nlm_mirror)
+    # the default with the other patch_mirror setting, named for that setting: the patch fill's candidates
+    # not / also from the mirrored brain (the previous run compared nlm_mirror this way: usb_mirror_s1)
+    other = "pmirror" if not model.cfg.default_patch_mirror else "nopmirror"
+    methods[f"usb_{other}_s{s0}"] = usb_fill(s0, patch_mirror=not model.cfg.default_patch_mirror)
 
     def heal(c, s=args.heal_steps):
         out = api.heal_array(c.image, model=model, steps=s, seed=0, brain=c.brain, device="cpu",

@@ -91,22 +91,35 @@ def cases(args):
 def cache_parts(args, data, affine, shard="0/1", wait=False, compute=True):
     """The parts of the default fill of each case, as values over its mask: ``u`` the model's fill
     (``patch_weight=0, nlm_weight=0``), ``pf`` the classical patch fill and ``nf`` the nlm fill guided by
-    the model's (``api.blend_fill`` with all weight on one of them, one pass). Cached per fill-weights sha256 under
-    ``cache/parts/``; shard ``k/n`` computes cases k, k + n, ... (one process per core) and, with
+    the model's (``api.blend_fill`` with all weight on one of them, one pass). Cached per fill-weights sha256 and
+    mirror settings under ``cache/parts/``; shard ``k/n`` computes cases k, k + n, ... (one process per core) and, with
     ``wait``, waits for the others; ``compute=False`` only reads the cache. Returns {name: parts}."""
     from usb_prep.refine_training import fill_parts
     from usb_prep.weights import load_model
 
     model, info = load_model(args.weights, "fill", "cpu")
-    folder = PARTS / (info["sha256"][:12] + ("_mirror" if model.cfg.default_nlm_mirror else ""))  # nf depends on it
+    cfg = model.cfg  # nf and pf depend on the mirror settings
+    folder = PARTS / (info["sha256"][:12] + ("_mirror" if cfg.default_nlm_mirror else "")
+                      + ("_pmirror" if cfg.default_patch_mirror else ""))
     folder.mkdir(parents=True, exist_ok=True)
     k, n = (int(x) for x in shard.split("/"))
+    # without patch_mirror's folder, its parts come from the folder without it: u and nf do not depend on it
+    base = folder.with_name(folder.name.removesuffix("_pmirror")) if cfg.default_patch_mirror else None
     for i, (cat, name, img, m) in enumerate(data):
         f = folder / f"{name}.npz"
         if not compute or i % n != k or f.exists():
             continue
         t0 = time.time()
-        u, pf, nf = fill_parts(model, img, m, affine)
+        if base is not None and (base / f.name).exists():  # only the patch fill is new
+            from usb_prep import api
+
+            with np.load(base / f.name) as z:
+                u, nf = img.copy(), img.copy()
+                u[m], nf[m] = z["u"], z["nf"]
+            pf = api.blend_fill(u, img, m, cfg, patch_weight=1.0, nlm_weight=0.0, affine=affine, nlm_passes=1,
+                                nlm_coarse=False, smooth=0.0)  # = fill_parts' pf
+        else:
+            u, pf, nf = fill_parts(model, img, m, affine)
         tmp = f.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, u=u[m], pf=pf[m], nf=nf[m], t=[time.time() - t0])
         tmp.rename(f)

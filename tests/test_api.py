@@ -276,6 +276,12 @@ def test_patch_weight_averages_model_and_classical_fills():
     mir = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_mirror=True, **kw)
     assert np.allclose(mir[m], fill_nlm(v, m, brain=v > 0, guide=alone, extra=mirrored)[m], atol=1e-5)
     assert not np.allclose(mir[m], nlm[m], atol=1e-3) and np.array_equal(mir[~m], v[~m])
+    # patch_mirror: the patch fill's candidates too (each mirror setting acts on its own fill only)
+    assert api.fill_settings(model.cfg)["patch_mirror"] is False
+    pmir = api.fill_array(v, m, patch_weight=0.5, nlm_weight=0.5, patch_mirror=True, **kw)
+    classic_mir = fill_patch(v, m, np.random.default_rng(3), brain=v > 0, extra=mirrored)
+    assert np.allclose(pmir[m], 0.5 * classic_mir[m] + 0.5 * nlm[m], atol=1e-5)
+    assert not np.allclose(classic_mir[m], classic[m], atol=1e-3) and np.array_equal(pmir[~m], v[~m])
     # smooth: a Gaussian over the filled image, normalised over the brain, written back in the mask only
     sm = api.fill_array(v, m, patch_weight=0.0, smooth=1.0, **kw)
     w = ((v > 0) | m).astype(np.float32)

@@ -73,20 +73,22 @@ def test_usb_fill_writes_output_and_sidecar(lesion_case, tiny_weights, tmp_path)
     assert out.read_bytes() != before
     assert json.loads((tmp_path / "filled.json").read_text())["seed"] == 8
     assert json.loads((tmp_path / "filled.json").read_text())["margin"] == 2  # the tiny model's default
-    side0_mirror = json.loads((tmp_path / "filled.json").read_text())["nlm_mirror"]
+    side0 = json.loads((tmp_path / "filled.json").read_text())
+    side0_mirror, side0_pmirror = side0["nlm_mirror"], side0["patch_mirror"]
 
-    # --margin / --samples / --patch-weight / --nlm-weight / --nlm-passes / --nlm-mirror / --smooth reach the filler and the
-    # sidecar, and change the fill
+    # --margin / --samples / --patch-weight / --nlm-weight / --nlm-passes / --nlm-mirror / --patch-mirror / --smooth reach
+    # the filler and the sidecar, and change the fill
     out2 = tmp_path / "filled2.nii.gz"
     r = CliRunner().invoke(main, [*args[:2], "-o", str(out2), *args[4:-len(COMMON) - 2], "--seed", "8", *COMMON,
                                   "--margin", "0", "--samples", "2", "--patch-weight", "0.25",
-                                  "--nlm-weight", "0.25", "--nlm-passes", "2", "--nlm-mirror", "--smooth", "0.5",
-                                  "--no-refine"])
+                                  "--nlm-weight", "0.25", "--nlm-passes", "2", "--nlm-mirror", "--patch-mirror",
+                                  "--smooth", "0.5", "--no-refine"])
     assert r.exit_code == 0, r.output
     side = json.loads((tmp_path / "filled2.json").read_text())
     assert side["margin"] == 0 and side["samples"] == 2 and side["patch_weight"] == 0.25
     assert side["nlm_weight"] == 0.25 and side["nlm_passes"] == 2 and side["smooth"] == 0.5
     assert side["refine"] is False and side["nlm_mirror"] is True and side0_mirror is False
+    assert side["patch_mirror"] is True and side0_pmirror is False
     assert not np.array_equal(_raw(out2)[m], _raw(out)[m])
     assert np.array_equal(_raw(out2)[~m], _raw(lesion_case["t1w"])[~m])
 

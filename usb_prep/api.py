@@ -114,6 +114,7 @@ def fill_array(
     nlm_passes: int | None = None,
     nlm_coarse: bool | None = None,
     nlm_mirror: bool | None = None,
+    patch_mirror: bool | None = None,
     smooth: float | None = None,
     refine: bool | None = None,
 ) -> np.ndarray:
@@ -127,7 +128,7 @@ def fill_array(
     image itself, complementary to the model's mean estimate) and
     ``nlm_weight`` (share of the non-local-means patch fill: the mean of the
     best-matching patches' centres, matched against the model's fill as well
-    as the known border), ``nlm_passes``, ``nlm_coarse``, ``nlm_mirror`` and ``smooth`` (see
+    as the known border), ``nlm_passes``, ``nlm_coarse``, ``nlm_mirror``, ``patch_mirror`` and ``smooth`` (see
     :func:`_blend_classical`) default to the model's config (see
     :func:`fill_settings`); the model's fill gets the rest. ``refine`` (default
     true): where the weights ship a refiner (``model.refiner``,
@@ -139,7 +140,7 @@ def fill_array(
     cfg = model.cfg
     opts = fill_settings(cfg, steps=steps, margin=margin, samples=samples, patch_weight=patch_weight,
                          nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_coarse=nlm_coarse, nlm_mirror=nlm_mirror,
-                         smooth=smooth, refine=refine)
+                         patch_mirror=patch_mirror, smooth=smooth, refine=refine)
     steps, margin, samples = opts["steps"], opts["margin"], opts["samples"]
     mask = np.asarray(mask, bool)
     if cfg.grid is not None:
@@ -179,7 +180,8 @@ def _blend_classical(model_fill, image, mask, seed, opts, affine=None, refiner=N
     copy (whose patches reach twice as far from the border); with ``nlm_mirror`` its candidates also come
     from the brain mirrored across the left-right midline (``affine`` tells which axis; the lesion is
     left out of the mirror), so a unilateral lesion can copy its healthy counterpart's tissue, searched in
-    the same window (which absorbs the brain's asymmetry); with ``nlm_passes`` > 1 each further
+    the same window (which absorbs the brain's asymmetry), and with ``patch_mirror`` the patch fill's
+    candidates too; with ``nlm_passes`` > 1 each further
     pass is guided by the previous pass's average. The model's smooth mean estimate and the patch
     fills (texture copied from the image itself) err differently, so their average beats each of them.
     ``smooth`` > 0 finally smooths the fill by a Gaussian of that sigma (voxels), normalised over the
@@ -193,12 +195,16 @@ def _blend_classical(model_fill, image, mask, seed, opts, affine=None, refiner=N
     brain = img > 0
     base = (1 - w_patch - w_nlm) * model_fill[mask]
     pf = nf = None
+    mirrored = None
+    if (opts["patch_mirror"] and w_patch > 0) or (opts["nlm_mirror"] and w_nlm > 0):
+        mirrored = mirror_lr(img, affine, exclude=mask)
     if w_patch > 0:
-        pf = fill_patch(img, mask, np.random.default_rng(seed), brain=brain)[mask]
+        pf = fill_patch(img, mask, np.random.default_rng(seed), brain=brain,
+                        extra=mirrored if opts["patch_mirror"] else None)[mask]
         base += w_patch * pf
     out = base
     if w_nlm > 0:
-        extra = mirror_lr(img, affine, exclude=mask) if opts["nlm_mirror"] else None
+        extra = mirrored if opts["nlm_mirror"] else None
         guide = model_fill
         if opts["nlm_coarse"]:
             guide = 0.5 * model_fill + 0.5 * coarse_guide(img, mask, brain=brain)
@@ -236,12 +242,13 @@ def _smooth_in(img, mask, values, brain, sigma) -> np.ndarray:
 
 
 # fill_settings' keywords besides ``steps``: what fill_lesion records of its ``**kw`` in the sidecar
-FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "nlm_mirror", "smooth",
-                 "refine")
+FILL_SETTINGS = ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "nlm_mirror",
+                 "patch_mirror", "smooth", "refine")
 
 
 def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=None, nlm_weight=None,
-                  nlm_passes=None, nlm_coarse=None, nlm_mirror=None, smooth=None, refine=None) -> dict:
+                  nlm_passes=None, nlm_coarse=None, nlm_mirror=None, patch_mirror=None, smooth=None,
+                  refine=None) -> dict:
     """Known-mask filling settings: the given ones, the model config's ``default_*`` for the rest."""
     opts = {
         "steps": steps or cfg.default_steps,
@@ -252,6 +259,7 @@ def fill_settings(cfg, *, steps=None, margin=None, samples=None, patch_weight=No
         "nlm_passes": max(1, int(cfg.default_nlm_passes if nlm_passes is None else nlm_passes)),
         "nlm_coarse": bool(cfg.default_nlm_coarse if nlm_coarse is None else nlm_coarse),
         "nlm_mirror": bool(cfg.default_nlm_mirror if nlm_mirror is None else nlm_mirror),
+        "patch_mirror": bool(cfg.default_patch_mirror if patch_mirror is None else patch_mirror),
         "smooth": float(cfg.default_smooth if smooth is None else smooth),
         "refine": True if refine is None else bool(refine),  # used where the weights ship a refiner
     }

@@ -85,6 +85,7 @@ class ModelConfig:
     default_nlm_passes: int = 1  # ... run this many times, each guided by the previous pass's fill
     default_nlm_coarse: bool = False  # ... the first pass guided by the model's and a 2x coarser nlm fill
     default_nlm_mirror: bool = False  # ... its candidates also drawn from the brain mirrored across the midline
+    default_patch_mirror: bool = False  # known-mask filling: the patch fill's candidates too
     default_smooth: float = 0.0  # known-mask filling: Gaussian sigma (voxels) smoothing the final fill
     gamma0: float = 20.0
     k: float = 0.5

@@ -72,6 +72,8 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
               help="Non-local-means passes, each guided by the previous one's fill (default: the model's).")
 @click.option("--nlm-mirror/--no-nlm-mirror", default=None,
               help="Non-local-means candidates also from the brain mirrored across the midline (default: the model's).")
+@click.option("--patch-mirror/--no-patch-mirror", default=None,
+              help="Patch-fill candidates also from the brain mirrored across the midline (default: the model's).")
 @click.option("--smooth", type=click.FloatRange(0, 3), default=None,
               help="Gaussian sigma (voxels) smoothing the final fill (default: the model's; 0: none).")
 @click.option("--no-refine", is_flag=True, help="Skip the weights' refiner (the fill's last stage, where they ship one).")
@@ -88,7 +90,7 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def main(image, mask, output, method, steps, t_start, margin, samples, patch_weight, nlm_weight, nlm_passes, nlm_mirror,
-         smooth, no_refine, seed, device, weights, threads, resample_mask, mask_kind, overwrite, quiet, demo_dir, verbose):
+         patch_mirror, smooth, no_refine, seed, device, weights, threads, resample_mask, mask_kind, overwrite, quiet, demo_dir, verbose):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -114,8 +116,8 @@ def main(image, mask, output, method, steps, t_start, margin, samples, patch_wei
         res = fill_lesion(image, mask, weights=weights, steps=steps, t_start=t_start, seed=seed, device=device,
                           method=method, resample_mask=resample_mask, progress=not quiet, num_threads=threads,
                           mask_kind=mask_kind, margin=margin, samples=samples, patch_weight=patch_weight,
-                          nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_mirror=nlm_mirror, smooth=smooth,
-                          refine=False if no_refine else None)
+                          nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_mirror=nlm_mirror,
+                          patch_mirror=patch_mirror, smooth=smooth, refine=False if no_refine else None)
         _write(res, out, overwrite, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)
