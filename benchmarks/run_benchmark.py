@@ -202,7 +202,7 @@ def build_methods(args, log):
     }
     missing = {}
     usb_names = ([f"usb_model_s{min(args.steps)}"] + [f"usb_fill_s{s}" for s in args.steps]
-                 + [f"usb_blend_s{min(args.steps)}", f"usb_nomirror_s{min(args.steps)}"]
+                 + [f"usb_blend_s{min(args.steps)}", f"usb_nopmirror_s{min(args.steps)}"]
                  + ([] if args.no_heal else [f"usb_heal_s{args.heal_steps}"]))
     try:
         from usb_prep import api
@@ -242,7 +242,7 @@ def build_methods(args, log):
     # the default without its refiner (where the weights ship one): the blend the refiner corrects
     methods[f"usb_blend_s{s0}"] = usb_fill(s0, refine=False)
     # the default with the other patch_mirror setting, named for that setting: the patch fill's candidates
-    # not / also from the mirrored brain (the previous run compared nlm_mirror this way: usb_mirror_s1)
+    # not / also from the mirrored brain (earlier runs compared nlm_mirror this way: usb_mirror_s1)
     other = "pmirror" if not model.cfg.default_patch_mirror else "nopmirror"
     methods[f"usb_{other}_s{s0}"] = usb_fill(s0, patch_mirror=not model.cfg.default_patch_mirror)
 
