@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 def val(args):
     import validation as V
     from usb_prep import metrics as M
+    from usb_prep.classical import fill_patch
 
     torch.set_num_threads(args.threads)
     a = argparse.Namespace(data=args.data, brains=args.brains, weights=None, extra=args.extra)
@@ -36,7 +37,8 @@ def val(args):
     tr = M.scale01(truth, 0, hi)
     parts = V.cache_parts(a, data, affine)
     nets = {w: load_refiner_state(w) for w in args.weights}
-    heads = ["blend"] + [f"{Path(w).name if w != 'packaged' else w}, flips {k}" for w in nets for k in args.flips]
+    heads = ["patch (classical)", "blend"] + [f"{Path(w).name if w != 'packaged' else w}, flips {k}"
+                                              for w in nets for k in args.flips]
     rows = []
     for cat, name, img, m in data:
         full = {}
@@ -50,7 +52,9 @@ def val(args):
                 continue
             full["nf"][m] = np.load(f)
         blend = 0.2 * full["pf"] + 0.8 * full["nf"]
-        outs = [blend[m]] + [refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend, flips=k)
+        # the benchmark's classical patch filler, called as validation.py calls it
+        patch = fill_patch(img, m, np.random.default_rng(0), brain=brain)
+        outs = [patch[m], blend[m]] + [refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend, flips=k)
                              for net in nets.values() for k in args.flips]
         scores = []
         for vals in outs:
@@ -65,7 +69,8 @@ def val(args):
                     "--extra", str(args.extra)] + (["--nlm", args.nlm] if args.nlm else []))
     lines = ["# Refiner probe (validation masks)", "",
              f"Command: `{cmd}` (`packaged`: the refiner in the packaged weights; others: `OUT/refine.pt` of "
-             "`usb-train --config benchmarks/train_refiner.json`); in-mask PSNR dB / SSIM of the default blend "
+             "`usb-train --config benchmarks/train_refiner.json`); in-mask PSNR dB / SSIM of the classical patch "
+             "filler, the default blend (0.2 patch + 0.8 nlm parts, mirror settings of the packaged config) "
              "and the refined blends (the residual averaged over `flips` flipped inputs).", "",
              "| category | mask | ml | " + " | ".join(heads) + " |", "|---" * (3 + len(heads)) + "|"]
     for c, n, ml, v in rows:

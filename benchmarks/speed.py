@@ -59,7 +59,7 @@ def fill_20ml(model, threads: int, case) -> tuple[float, float, float, int]:
     t0 = time.perf_counter()
     u = api.fill_array(data, mask, model=model, affine=affine, patch_weight=0.0, nlm_weight=0.0)
     t_model = time.perf_counter() - t0
-    api.blend_fill(u, data, mask, model.cfg, affine=affine)
+    api.blend_fill(u, data, mask, model.cfg, affine=affine, refiner=model.refiner)  # the default fill, refiner included
     return time.perf_counter() - t0, t_model, float(mask.sum() / 1000), model.cfg.default_steps
 
 
@@ -67,7 +67,8 @@ def api_defaults(cfg) -> str:
     from usb_prep.api import fill_settings
 
     opts = fill_settings(cfg)
-    return ", ".join(f"{k} {opts[k]}" for k in ("patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "smooth"))
+    return ", ".join(f"{k} {opts[k]}" for k in ("patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "nlm_mirror",
+                                                       "patch_mirror", "smooth", "refine"))
 
 
 def main(argv=None):
