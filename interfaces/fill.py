@@ -56,6 +56,17 @@ class _LesionFillInputSpec(_ModelInputSpec):
                          desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
+    # known-mask fill settings (usb_prep.api.FILL_SETTINGS); unset = the weights' defaults
+    margin = traits.Int(desc="voxels the hole extends beyond the mask")
+    samples = traits.Int(desc="model fills averaged")
+    patch_weight = traits.Float(desc="share of the classical patch fill in the blend")
+    nlm_weight = traits.Float(desc="share of the model-guided non-local-means fill in the blend")
+    nlm_passes = traits.Int(desc="nlm passes (a second one is guided by the first blend)")
+    nlm_coarse = traits.Bool(desc="guide the nlm fill with a 2x coarser layout too")
+    nlm_mirror = traits.Bool(desc="nlm candidates also from the brain mirrored across the midline")
+    patch_mirror = traits.Bool(desc="patch-fill candidates also from the mirrored brain")
+    smooth = traits.Float(desc="Gaussian smoothing (voxels) of the fill")
+    refine = traits.Bool(desc="run the weights' refiner, the fill's last stage")
 
 
 class _LesionFillOutputSpec(TraitedSpec):
@@ -77,7 +88,7 @@ class LesionFill(SimpleInterface):
     output_spec = _LesionFillOutputSpec
 
     def _run_interface(self, runtime):
-        from usb_prep.api import fill_lesion
+        from usb_prep.api import FILL_SETTINGS, fill_lesion
 
         res = fill_lesion(
             self.inputs.in_file,
@@ -86,6 +97,7 @@ class LesionFill(SimpleInterface):
             method=self.inputs.method,
             resample_mask=self.inputs.resample_mask,
             mask_kind=self.inputs.mask_kind,
+            **{k: optional(getattr(self.inputs, k)) for k in FILL_SETTINGS},
             **_model_kwargs(self.inputs),
         )
         self._results["out_file"] = _save(res.image, "filled.nii.gz", runtime.cwd)

@@ -48,6 +48,25 @@ def test_lesion_fill_usb_tiny(lesion_case, tiny_weights, tmp_path):
     np.testing.assert_array_equal(_data(res.outputs.out_mask) > 0, lesion)
 
 
+def test_lesion_fill_settings_pass_through(lesion_case, tiny_weights, tmp_path):
+    from usb_prep.api import FILL_SETTINGS, fill_settings
+    from usb_prep.weights import load_model
+
+    assert set(FILL_SETTINGS) <= set(LesionFill.input_spec().trait_names())  # every core setting reachable
+    kw = dict(in_file=str(lesion_case["t1w"]), mask_file=str(lesion_case["mask"]), weights=tiny_weights, steps=1,
+              num_threads=1)
+    default = LesionFill(**kw).run(cwd=_cwd(tmp_path / "default")).outputs
+    cfg = load_model(tiny_weights, "fill", "cpu")[0].cfg
+    want = fill_settings(cfg)  # unset traits leave the weights' defaults
+    assert {k: default.settings[k] for k in FILL_SETTINGS} == {k: want[k] for k in FILL_SETTINGS}
+    other = dict(patch_weight=0.0, nlm_weight=0.5, patch_mirror=not cfg.default_patch_mirror, refine=False)
+    assert other["nlm_weight"] != want["nlm_weight"]
+    given = LesionFill(**kw, **other).run(cwd=_cwd(tmp_path / "given")).outputs
+    assert {k: given.settings[k] for k in other} == other
+    lesion = lesion_case["lesion"] > 0
+    assert not np.array_equal(_data(default.out_file)[lesion], _data(given.out_file)[lesion])
+
+
 def test_execution_knobs_do_not_change_hash(lesion_case):
     a = LesionFill(in_file=str(lesion_case["t1w"]), use_gpu=False, num_threads=1)
     b = LesionFill(in_file=str(lesion_case["t1w"]), use_gpu=True, num_threads=4)
