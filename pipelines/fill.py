@@ -17,6 +17,7 @@ def init_lesion_fill_wf(
     use_gpu: bool = False,
     omp_nthreads: int = 1,
     mask_kind: str = "lesion",
+    fill_settings: dict | None = None,
     name: str = "lesion_fill_wf",
 ):
     """Fill a lesion (or an artifact) in a T1w image.
@@ -37,6 +38,9 @@ def init_lesion_fill_wf(
         CPU threads for the fill node.
     mask_kind : {"lesion", "artifact"}
         What the mask marks (recorded in the settings).
+    fill_settings : dict, optional
+        Known-mask fill settings (keys of ``usb_prep.api.FILL_SETTINGS``, e.g.
+        ``{"refine": False}``); the rest keep the weights' defaults.
     name : str
         Workflow name.
 
@@ -57,7 +61,12 @@ def init_lesion_fill_wf(
     out_settings
         JSON with all settings (weights sha256 included) and notes.
     """
+    from usb_prep.api import FILL_SETTINGS
     from usb_prep.interfaces.fill import LesionFill
+
+    unknown = set(fill_settings or {}) - set(FILL_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown fill settings {sorted(unknown)}; known: {list(FILL_SETTINGS)}")
 
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes()
@@ -66,7 +75,7 @@ def init_lesion_fill_wf(
         name="lesion_fill",
         n_procs=omp_nthreads,
     )
-    for key, value in (("weights", weights), ("steps", steps), ("t_start", t_start)):
+    for key, value in (("weights", weights), ("steps", steps), ("t_start", t_start), *(fill_settings or {}).items()):
         if value is not None:
             setattr(fill.inputs, key, value)
     wf.connect([

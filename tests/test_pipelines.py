@@ -56,12 +56,16 @@ def test_fill_workflow(lesion_case, tmp_path):
 def test_fill_workflow_usb_tiny(lesion_case, tiny_weights, tmp_path):
     from usb_prep.pipelines import init_lesion_fill_wf
 
-    wf = init_lesion_fill_wf(weights=tiny_weights, steps=2)
+    given = {"patch_weight": 0.0, "nlm_weight": 0.5, "refine": False}
+    wf = init_lesion_fill_wf(weights=tiny_weights, steps=2, fill_settings=given)
     wf.inputs.inputnode.in_file = str(lesion_case["t1w"])
     wf.inputs.inputnode.mask_file = str(lesion_case["mask"])
     nodes = _run(wf, tmp_path)
     settings = json.loads(open(_node(nodes, "lesion_fill").result.outputs.out_settings).read())
-    assert settings  # settings echoed (weights, steps, seed ...)
+    assert settings["steps"] == 2 and settings["weights"]["sha256"]
+    assert {k: settings[k] for k in given} == given
+    with pytest.raises(ValueError, match="unknown fill settings"):
+        init_lesion_fill_wf(fill_settings={"nlm_wieght": 0.5})
 
 
 @pytest.mark.slow
