@@ -27,8 +27,9 @@ sys.path.insert(0, str(HERE))
 
 def val(args):
     import validation as V
+    from run_benchmark import classical_patch
+
     from usb_prep import metrics as M
-    from usb_prep.classical import fill_patch
 
     torch.set_num_threads(args.threads)
     a = argparse.Namespace(data=args.data, brains=args.brains, weights=None, extra=args.extra)
@@ -52,8 +53,7 @@ def val(args):
                 continue
             full["nf"][m] = np.load(f)
         blend = 0.2 * full["pf"] + 0.8 * full["nf"]
-        # the benchmark's classical patch filler, called as validation.py calls it
-        patch = fill_patch(img, m, np.random.default_rng(0), brain=brain)
+        patch = classical_patch(img, m, brain)  # the benchmark's classical patch filler
         outs = [patch[m], blend[m]] + [refine_fill(net, img, m, full["u"], full["pf"], full["nf"], blend, flips=k)
                              for net in nets.values() for k in args.flips]
         scores = []

@@ -187,16 +187,25 @@ def load_patient(pdir: Path):
 
 
 # ----------------------------------------------------------------------------- methods
+def classical_patch(image, mask, brain):
+    """The benchmark's classical patch filler (NiftySeg-like), as every benchmark script calls it."""
+    import numpy as np
+
+    from usb_prep.classical import fill_patch
+
+    return fill_patch(image, mask, np.random.default_rng(0), brain=brain)
+
+
 def build_methods(args, log):
     """Return ({name: callable(case) -> array or (array, extra)}, {name: reason not available})."""
     import numpy as np
-    from usb_prep.classical import fill_nlm, fill_patch, fill_wmstats
+    from usb_prep.classical import fill_nlm, fill_wmstats
 
     methods = {
         "unfilled": lambda c: c.image.copy(),
         "wmstats": lambda c: fill_wmstats(c.image, c.mask, np.random.default_rng(0), brain=c.brain,
                                           voxel_size=_vox(c.affine)),
-        "patch": lambda c: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain),
+        "patch": lambda c: classical_patch(c.image, c.mask, c.brain),
         # ours, not a published tool: the non-local-means patch fill that the usb default averages in
         "nlm": lambda c: fill_nlm(c.image, c.mask, brain=c.brain),
     }

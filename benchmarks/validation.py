@@ -30,9 +30,10 @@ PARTS = HERE / "cache" / "parts"
 
 
 def main(argv=None):
+    from run_benchmark import classical_patch
+
     from usb_prep import api
     from usb_prep import metrics as M
-    from usb_prep.classical import fill_patch
     from usb_prep.weights import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,7 +55,7 @@ def main(argv=None):
     kw = json.loads(args.kw)
     rows, means = [], {"patch": [], "usb": []}
     for cat, name, img, m in data:
-        for method, fn in (("patch", lambda: fill_patch(img, m, np.random.default_rng(0), brain=brain)),
+        for method, fn in (("patch", lambda: classical_patch(img, m, brain)),
                            ("usb", lambda: api.fill_array(img, m, model=model, device="cpu", affine=affine, **kw))):
             t0 = time.time()
             out = fn()
