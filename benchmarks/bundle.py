@@ -16,9 +16,10 @@ import argparse
 from usb_prep.weights import bundle
 
 # the packaged defaults (chosen on the validation masks; see the model card)
-FILL_DEFAULTS = dict(default_steps=1, default_margin=0, default_samples=4, window=32, default_patch_weight=0.2,
-                     default_nlm_weight=0.8, default_nlm_mirror=True, default_patch_mirror=True)
-GENERATE_DEFAULTS = dict(default_steps=25)
+FILL_CONFIG = dict(window=32)
+FILL_SETTINGS = dict(steps=1, margin=0, samples=4, patch_weight=0.2, nlm_weight=0.8, nlm_mirror=True,
+                     patch_mirror=True, refine=True)
+GENERATE_STEPS = 25
 
 
 def main(argv=None):
@@ -28,8 +29,8 @@ def main(argv=None):
     p.add_argument("--generate", default="/work/runs/gen2/weights")
     p.add_argument("--refiner", default=None)
     a = p.parse_args(argv)
-    print(bundle(a.out, fill=a.fill, generate=a.generate, fill_defaults=FILL_DEFAULTS,
-                 generate_defaults=GENERATE_DEFAULTS, refiner=a.refiner))
+    print(bundle(a.out, fill=a.fill, generate=a.generate, fill_config=FILL_CONFIG,
+                 fill_settings=FILL_SETTINGS, generate_steps=GENERATE_STEPS, refiner=a.refiner))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 def real_on_grid(brains_dir: Path, cfg) -> list[np.ndarray]:
     """Prepared healthy brains (MNI 1 mm) on the generation model's grid, as the training sampler sees them;
     patients (with a ``_lesionmask``) are left out."""
-    from usb_prep.training import load_brains, to_model_grid
+    from usb_prep.train.diffusion import load_brains, to_model_grid
 
     try:
         brains = load_brains(brains_dir)

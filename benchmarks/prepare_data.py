@@ -97,18 +97,23 @@ def main() -> None:
     ap.add_argument("--patients", type=Path, default=Path("/work/shared/data/patients"))
     ap.add_argument("--out", type=Path, default=Path("/work/cache/brains"))
     ap.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="prepare only these (e.g. otsu_head, the benchmark's)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     entries = [(n, args.data / f, s) for n, f, s in COHORT]
     entries += [(n, args.patients / f, s, args.patients / les) for n, f, s, les in PATIENTS]
+    if args.only:
+        entries = [e for e in entries if e[0] in args.only]
     for entry in entries:
         t = time.time()
         prepare_cohort([entry], args.out, n4=not args.no_n4)
         logging.info("%s done in %.0f s", entry[0], time.time() - t)
-    write_mni152(args.out)
-    names = [e[0] for e in entries] + ["mni152"]
+    names = [e[0] for e in entries]
+    if not args.only or "mni152" in args.only:
+        write_mni152(args.out)
+        names.append("mni152")
     save_pngs(args.out, names)
     logging.info("cohort ready in %s (%.0f s)", args.out, time.time() - t0)
 

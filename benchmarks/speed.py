@@ -48,27 +48,20 @@ def case_20ml():
     return data, mask, img.affine
 
 
-def fill_20ml(model, threads: int, case) -> tuple[float, float, float, int]:
-    """Wall times of filling ``case`` (:func:`case_20ml`): the default fill and the model alone (its first
-    stage, which the default reuses as :func:`usb_prep.api.fill_array` does), volume (ml) and steps."""
+def fill_20ml(model, threads: int, case) -> tuple[float, dict, float, int]:
+    """Wall time of the default fill of ``case`` (:func:`case_20ml`), its seconds per stage, volume (ml), steps."""
     from usb_prep import api
 
     torch.set_num_threads(threads)
     data, mask, affine = case
     model.precision = "auto"
     t0 = time.perf_counter()
-    u = api.fill_array(data, mask, model=model, affine=affine, patch_weight=0.0, nlm_weight=0.0)
-    t_model = time.perf_counter() - t0
-    api.blend_fill(u, data, mask, model.cfg, affine=affine, refiner=model.refiner)  # the default fill, refiner included
-    return time.perf_counter() - t0, t_model, float(mask.sum() / 1000), model.cfg.default_steps
+    parts = api.fill_parts(data, mask, model=model, affine=affine, device="cpu")
+    return time.perf_counter() - t0, parts.seconds, float(mask.sum() / 1000), model.fill_settings.steps
 
 
-def api_defaults(cfg) -> str:
-    from usb_prep.api import fill_settings
-
-    opts = fill_settings(cfg)
-    return ", ".join(f"{k} {opts[k]}" for k in ("patch_weight", "nlm_weight", "nlm_passes", "nlm_coarse", "nlm_mirror",
-                                                       "patch_mirror", "smooth", "refine"))
+def api_defaults(model) -> str:
+    return ", ".join(f"{k} {v}" for k, v in model.fill_settings.to_dict().items())
 
 
 def main(argv=None):
@@ -77,7 +70,7 @@ def main(argv=None):
     p.add_argument("--weights", default=None)
     p.add_argument("--tag", default="", help="results go to speed_TAG.md/.json (e.g. the CPU kind)")
     args = p.parse_args(argv)
-    from usb_prep.model import bf16_supported
+    from usb_prep.diffusion.model import bf16_supported
     from usb_prep.weights import load_model
 
     model, info = load_model(args.weights, "fill", "cpu")
@@ -89,13 +82,13 @@ def main(argv=None):
                 r["bf16_s"] = time_forward(model, size, "bf16", threads)
             rows.append(r)
             print(r, flush=True)
-    t_fill, t_model, ml, steps = fill_20ml(model, 2, case_20ml())
+    t_fill, stages, ml, steps = fill_20ml(model, 2, case_20ml())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"weights_sha256": info["sha256"], "cpu_bf16": bf16_supported("cpu"),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-           "forward": rows, "fill_seconds": t_fill, "fill_seconds_model_only": t_model,
-           "settings": api_defaults(model.cfg),
+           "forward": rows, "fill_seconds": t_fill, "fill_stage_seconds": stages,
+           "settings": api_defaults(model),
            "fill_ml": ml, "fill_steps": steps,
            "command": "python benchmarks/speed.py" + (f" --tag {args.tag}" if args.tag else "")}
     stem = f"speed_{args.tag}" if args.tag else "speed"
@@ -110,8 +103,8 @@ def main(argv=None):
                      f"{bf:.3f} | {r['fp32_s'] / bf:.1f}x |" if bf else f"| {r['threads']} | {r['size']}^3 | "
                      f"{r['fp32_s']:.3f} | - | - |")
     lines += ["", f"Known-mask fill of a {ml:.1f} ml lesion in the 1 mm MNI152 template, {steps} steps, 2 threads: "
-              f"**{t_fill:.1f} s** wall time with the default settings ({api_defaults(model.cfg)}), {t_model:.1f} s "
-              "of it the model alone (`patch_weight=0, nlm_weight=0`).", ""]
+              f"**{t_fill:.1f} s** wall time with the default settings ({api_defaults(model)}); per stage: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + ".", ""]
     (out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -14,6 +14,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from usb_prep.fill.settings import METHODS, FillSettings
+
 from ._common import optional
 
 
@@ -48,25 +50,32 @@ class _ModelInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(nohash=True, desc="CPU threads for torch")
 
 
-class _LesionFillInputSpec(_ModelInputSpec):
+def _setting_traits(skip=()) -> dict:
+    """One optional trait per :class:`usb_prep.fill.FillSettings` field (unset = the weights' default)."""
+    import dataclasses
+
+    from usb_prep.fill.settings import FillSettings
+
+    kinds = {bool: traits.Bool, float: traits.Float, int: traits.Int}
+    out = {}
+    for f in dataclasses.fields(FillSettings):
+        if f.name not in skip:
+            kind = type(f.default) if f.default is not None else int
+            out[f.name] = kinds[kind](desc=f.metadata["help"] + " (default: the weights')")
+    return out
+
+
+class _LesionFillBaseSpec(_ModelInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w image to fill")
     mask_file = File(exists=True, desc="mask, 1 = lesion/artifact to fill (omit: mask-free healing)")
-    t_start = traits.Int(desc="diffusion start step (default: the model's)")
-    method = traits.Enum("usb", "wmstats", "patch", "nlm", usedefault=True,
-                         desc="usb (diffusion) or a patch/statistics filler without a model")
+    method = traits.Enum(*METHODS, usedefault=True, desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
-    # known-mask fill settings (usb_prep.api.FILL_SETTINGS); unset = the weights' defaults
-    margin = traits.Int(desc="voxels the hole extends beyond the mask")
-    samples = traits.Int(desc="model fills averaged")
-    patch_weight = traits.Float(desc="share of the classical patch fill in the blend")
-    nlm_weight = traits.Float(desc="share of the model-guided non-local-means fill in the blend")
-    nlm_passes = traits.Int(desc="nlm passes (a second one is guided by the first blend)")
-    nlm_coarse = traits.Bool(desc="guide the nlm fill with a 2x coarser layout too")
-    nlm_mirror = traits.Bool(desc="nlm candidates also from the brain mirrored across the midline")
-    patch_mirror = traits.Bool(desc="patch-fill candidates also from the mirrored brain")
-    smooth = traits.Float(desc="Gaussian smoothing (voxels) of the fill")
-    refine = traits.Bool(desc="run the weights' refiner, the fill's last stage")
+
+
+# the fill settings (usb_prep.fill.FillSettings) as optional inputs; ``steps`` comes from _ModelInputSpec
+_LesionFillInputSpec = type("_LesionFillInputSpec", (_LesionFillBaseSpec,),
+                            {"__module__": __name__, **_setting_traits(skip=("steps",))})
 
 
 class _LesionFillOutputSpec(TraitedSpec):
@@ -88,17 +97,17 @@ class LesionFill(SimpleInterface):
     output_spec = _LesionFillOutputSpec
 
     def _run_interface(self, runtime):
-        from usb_prep.api import FILL_SETTINGS, fill_lesion
+        from usb_prep.api import fill_lesion
 
+        kw = _model_kwargs(self.inputs)
         res = fill_lesion(
             self.inputs.in_file,
             optional(self.inputs.mask_file),
-            t_start=optional(self.inputs.t_start),
             method=self.inputs.method,
             resample_mask=self.inputs.resample_mask,
             mask_kind=self.inputs.mask_kind,
-            **{k: optional(getattr(self.inputs, k)) for k in FILL_SETTINGS},
-            **_model_kwargs(self.inputs),
+            **{k: optional(getattr(self.inputs, k)) for k in FillSettings.names() if k != "steps"},
+            **kw,
         )
         self._results["out_file"] = _save(res.image, "filled.nii.gz", runtime.cwd)
         self._results["out_mask"] = _save(res.mask, "mask.nii.gz", runtime.cwd)

@@ -11,8 +11,6 @@ def init_lesion_fill_wf(
     *,
     method: str = "usb",
     weights: str | None = None,
-    steps: int | None = None,
-    t_start: int | None = None,
     seed: int = 0,
     use_gpu: bool = False,
     omp_nthreads: int = 1,
@@ -28,8 +26,6 @@ def init_lesion_fill_wf(
         Diffusion model (``usb``) or a filler without a model.
     weights : str, optional
         Model weights (default: environment variable, then packaged weights).
-    steps, t_start : int, optional
-        Sampling steps and start step (default: the model's).
     seed : int
         Random seed.
     use_gpu : bool
@@ -39,8 +35,8 @@ def init_lesion_fill_wf(
     mask_kind : {"lesion", "artifact"}
         What the mask marks (recorded in the settings).
     fill_settings : dict, optional
-        Known-mask fill settings (keys of ``usb_prep.api.FILL_SETTINGS``, e.g.
-        ``{"refine": False}``); the rest keep the weights' defaults.
+        Known-mask fill settings (fields of :class:`usb_prep.fill.FillSettings`, e.g.
+        ``{"steps": 2, "refine": False}``); the rest keep the weights' defaults.
     name : str
         Workflow name.
 
@@ -61,12 +57,10 @@ def init_lesion_fill_wf(
     out_settings
         JSON with all settings (weights sha256 included) and notes.
     """
-    from usb_prep.api import FILL_SETTINGS
+    from usb_prep.fill.settings import FillSettings
     from usb_prep.interfaces.fill import LesionFill
 
-    unknown = set(fill_settings or {}) - set(FILL_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown fill settings {sorted(unknown)}; known: {list(FILL_SETTINGS)}")
+    FillSettings().replace(**(fill_settings or {}))  # unknown names and bad values fail here, not in the node
 
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes()
@@ -75,7 +69,7 @@ def init_lesion_fill_wf(
         name="lesion_fill",
         n_procs=omp_nthreads,
     )
-    for key, value in (("weights", weights), ("steps", steps), ("t_start", t_start), *(fill_settings or {}).items()):
+    for key, value in (("weights", weights), *(fill_settings or {}).items()):
         if value is not None:
             setattr(fill.inputs, key, value)
     wf.connect([

@@ -93,7 +93,7 @@ def tiny_weights(tmp_path_factory):
     import torch
 
     from usb_prep.config import preset
-    from usb_prep.model import USBModel
+    from usb_prep.diffusion.model import USBModel
     from usb_prep.weights import save_model
 
     import dataclasses

@@ -28,7 +28,8 @@ def _roundtrip(res_img, tmp_path, name="out.nii.gz"):
 
 
 def _fill(case_paths, tiny_weights, **kw):
-    kw.setdefault("steps", STEPS)
+    if kw.get("method", "usb") == "usb":
+        kw.setdefault("steps", STEPS)
     return api.fill_lesion(str(case_paths[0]), None if case_paths[1] is None else str(case_paths[1]),
                            weights=tiny_weights, device="cpu", num_threads=1, **kw)
 
@@ -213,7 +214,7 @@ def test_fill_array_keeps_outside_exactly():
     from conftest import phantom
 
     from usb_prep.config import preset
-    from usb_prep.model import USBModel
+    from usb_prep.diffusion.model import USBModel
 
     torch.manual_seed(0)
     model = USBModel(preset("tiny")).eval()
@@ -235,7 +236,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     from usb_prep.config import preset
     from usb_prep.classical import coarse_guide
     from usb_prep.mirror import mirror_lr
-    from usb_prep.model import USBModel
+    from usb_prep.diffusion.model import USBModel
     from scipy import ndimage
 
     torch.manual_seed(0)
@@ -250,17 +251,18 @@ def test_patch_weight_averages_model_and_classical_fills():
     assert np.allclose(half[m], 0.5 * alone[m] + 0.5 * classic[m], atol=1e-6)
     assert np.array_equal(half[~m], v[~m])
     assert not np.allclose(alone[m], classic[m])
-    assert api.fill_settings(model.cfg)["patch_weight"] == model.cfg.default_patch_weight == 0.0
+    assert api.FillSettings().patch_weight == 0.0
+    assert np.array_equal(api.fill_array(v, m, stages=("model",), **kw), alone)  # stage selection, not weights
     nlm = fill_nlm(v, m, brain=v > 0, guide=alone)  # guided by the model's fill
     assert np.allclose(api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, **kw)[m], nlm[m], atol=1e-6)
     mix = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.5, **kw)
     assert np.allclose(mix[m], 0.3 * alone[m] + 0.2 * classic[m] + 0.5 * nlm[m], atol=1e-5)
     assert not np.allclose(nlm[m], classic[m])
-    with pytest.raises(ValueError, match="sum"):
+    with pytest.raises(ValueError, match=r"patch_weight \+ nlm_weight"):
         api.fill_array(v, m, patch_weight=0.6, nlm_weight=0.6, **kw)
     # nlm_passes: the second pass is guided by the first pass's fill; nlm_coarse: the first by a coarse fill too
-    opts = api.fill_settings(model.cfg)
-    assert (opts["nlm_passes"], opts["nlm_coarse"], opts["smooth"]) == (1, False, 0.0)
+    opts = api.FillSettings()
+    assert (opts.nlm_passes, opts.nlm_coarse, opts.smooth) == (1, False, 0.0)
     first = v.copy()
     first[m] = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=alone)[m]
     second = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=first)[m]
@@ -271,13 +273,13 @@ def test_patch_weight_averages_model_and_classical_fills():
     coarse = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_coarse=True, **kw)
     assert np.allclose(coarse[m], fill_nlm(v, m, brain=v > 0, guide=guide)[m], atol=1e-5)
     # nlm_mirror: candidates also from the brain mirrored across the midline (the affine's L-R axis)
-    assert api.fill_settings(model.cfg)["nlm_mirror"] is False
+    assert api.FillSettings().nlm_mirror is False
     mirrored = mirror_lr(v, aff, exclude=m)
     mir = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_mirror=True, **kw)
     assert np.allclose(mir[m], fill_nlm(v, m, brain=v > 0, guide=alone, extra=mirrored)[m], atol=1e-5)
     assert not np.allclose(mir[m], nlm[m], atol=1e-3) and np.array_equal(mir[~m], v[~m])
     # patch_mirror: the patch fill's candidates too (each mirror setting acts on its own fill only)
-    assert api.fill_settings(model.cfg)["patch_mirror"] is False
+    assert api.FillSettings().patch_mirror is False
     pmir = api.fill_array(v, m, patch_weight=0.5, nlm_weight=0.5, patch_mirror=True, **kw)
     classic_mir = fill_patch(v, m, np.random.default_rng(3), brain=v > 0, extra=mirrored)
     assert np.allclose(pmir[m], 0.5 * classic_mir[m] + 0.5 * nlm[m], atol=1e-5)
@@ -296,7 +298,7 @@ def test_ring_bias_measures_the_prediction_offset_in_the_ring():
     """The calibration field inside the lesion equals the model's offset seen in the known ring."""
     import numpy as np
 
-    from usb_prep.api import _ring_bias
+    from usb_prep.fill.model_fill import ring_bias as _ring_bias
 
     truth = np.full((20, 20, 20), 0.9, np.float32)
     pred = truth - 0.15  # a model that fills 0.15 too dark
@@ -312,7 +314,7 @@ def test_ring_bias_follows_local_offsets_of_thin_lesions():
     """Fine scales carry each side's own offset into a thin lesion; margin 0 uses the first known layer."""
     import numpy as np
 
-    from usb_prep.api import _ring_bias
+    from usb_prep.fill.model_fill import ring_bias as _ring_bias
 
     truth = np.full((40, 20, 20), 0.9, np.float32)
     pred = truth.copy()
@@ -324,12 +326,71 @@ def test_ring_bias_follows_local_offsets_of_thin_lesions():
     assert np.all(field[~mask] == 0)
 
 
-def test_fill_settings_names_match_its_keywords():
-    # fill_lesion records FILL_SETTINGS of its **kw: a keyword added to fill_settings must be listed there
-    import inspect
+def test_fill_parts_and_explicit_stages():
+    """run_fill returns every part; stages are chosen explicitly or follow from the settings."""
+    from conftest import phantom
 
-    params = inspect.signature(api.fill_settings).parameters
-    kwonly = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert kwonly == {"steps", *api.FILL_SETTINGS}
-    fill_params = inspect.signature(api.fill_array).parameters
-    assert set(api.FILL_SETTINGS) <= set(fill_params)
+    from usb_prep.config import preset
+    from usb_prep.diffusion.model import USBModel
+    from usb_prep.fill.refiner import Refiner
+
+    torch.manual_seed(0)
+    model = USBModel(preset("tiny")).eval()
+    img, les, _, aff = phantom()
+    v, m = (img / img.max()).astype(np.float32), les.astype(bool)
+    kw = dict(model=model, steps=STEPS, device="cpu", affine=aff, seed=3)
+    parts = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, **kw)
+    assert parts.stages == ("model", "patch", "nlm", "blend")
+    assert parts.patch.shape == parts.nlm.shape == parts.blend.shape == (m.sum(),)
+    assert np.array_equal(parts.final[m], parts.blend) and np.array_equal(parts.final[~m], v[~m])
+    model_only = api.fill_parts(v, m, stages=("model",), patch_weight=0.2, nlm_weight=0.8, **kw)
+    assert model_only.patch is None and np.array_equal(model_only.final, parts.model)
+    with pytest.raises(ValueError, match="unknown fill stages"):
+        api.fill_array(v, m, stages=("model", "magic"), **kw)
+    with pytest.raises(ValueError, match="'model' stage"):
+        api.fill_array(v, m, stages=("patch",), **kw)
+    # refine: an error without a refiner, never a silent no-op; with one, it reads patch and nlm even at weight 0
+    with pytest.raises(ValueError, match="no refiner"):
+        api.fill_array(v, m, refine=True, **kw)
+    model.refiner = Refiner().eval()  # zero-initialised last layer: returns the blend
+    out = api.fill_parts(v, m, refine=True, patch_weight=0.0, nlm_weight=0.0, **kw)
+    assert out.stages == ("model", "patch", "nlm", "blend", "refine")
+    assert np.allclose(out.final[m], out.model[m], atol=1e-6)
+    with pytest.raises(ValueError, match="reads the patch"):
+        api.fill_array(v, m, refine=True, stages=("model", "refine"), **kw)
+    with pytest.raises(ValueError, match="t_start"):
+        api.fill_array(v, m, t_start=99999, **kw)
+
+
+def test_fill_settings_validate_every_value():
+    from usb_prep.fill.settings import FillSettings
+
+    s = FillSettings()
+    assert s.replace(steps=None) is s and s.replace(steps=3).steps == 3
+    for bad in ({"steps": 0}, {"samples": 0}, {"margin": -1}, {"nlm_passes": 9}, {"smooth": -1.0},
+                {"patch_weight": 1.5}, {"refine": "yes"}, {"steps": 2.5}, {"t_start": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            s.replace(**bad)
+    with pytest.raises(ValueError, match="unknown fill settings: nlm_wieght"):
+        s.replace(nlm_wieght=0.5)
+    assert FillSettings.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="apply to method 'usb' only"):
+        api.fill_lesion("unused.nii.gz", "unused.nii.gz", method="wmstats", margin=1)
+
+
+def test_every_fill_setting_reaches_every_front_end():
+    """One field in FillSettings is enough: usb-fill options, LesionFill traits, usb-prep options, sidecar."""
+    from click.testing import CliRunner
+
+    from usb_prep.cli.bids_app import get_parser
+    from usb_prep.cli.fill import main
+    from usb_prep.fill.settings import FillSettings
+    from usb_prep.interfaces.fill import LesionFill
+
+    helptext = CliRunner().invoke(main, ["--help"]).output
+    traits = LesionFill.input_spec().trait_names()
+    bids = get_parser().format_help()
+    for name in FillSettings.names():
+        opt = "--" + name.replace("_", "-")
+        assert opt in helptext and opt in bids and name in traits, name
+    assert "[packaged weights: 0.8]" in helptext  # the real default, not "the model's"

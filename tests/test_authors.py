@@ -5,7 +5,7 @@ here from their construction rules (``LDM_3D``, ``AutoencoderKLAD``) rather than
 from our classes, at reduced widths; random weights.  Outputs are compared with a
 functional reference of the authors' forward written here from their code's
 semantics (cos-first embedding, FiLM scale/shift, attention without output
-projection, skip bookkeeping), independent of ``usb_prep.nets``.
+projection, skip bookkeeping), independent of ``usb_prep.diffusion.nets``.
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def test_denoiser_with_given_config(tmp_path):
 
 def test_paper_preset_matches_documented_keys():
     """Our paper-size UNet3D has exactly the authors' used keys and shapes (no weights are built for this)."""
-    from usb_prep.nets import UNet3D
+    from usb_prep.diffusion.nets import UNet3D
 
     with torch.device("meta"):
         net = UNet3D(preset("paper").lesion_net)

@@ -1,4 +1,4 @@
-"""Consistency guidance weights (usb_prep.guidance)."""
+"""Consistency guidance weights (usb_prep.diffusion.guidance)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from usb_prep.guidance import acg_gamma, acg_weight, blend, lcg_weight, soft_lesion_map
+from usb_prep.diffusion.guidance import acg_gamma, acg_weight, blend, lcg_weight, soft_lesion_map
 
 torch.set_num_threads(1)
 

@@ -49,17 +49,17 @@ def test_lesion_fill_usb_tiny(lesion_case, tiny_weights, tmp_path):
 
 
 def test_lesion_fill_settings_pass_through(lesion_case, tiny_weights, tmp_path):
-    from usb_prep.api import FILL_SETTINGS, fill_settings
+    from usb_prep.fill.settings import FillSettings
     from usb_prep.weights import load_model
 
-    assert set(FILL_SETTINGS) <= set(LesionFill.input_spec().trait_names())  # every core setting reachable
+    names = FillSettings.names()
+    assert set(names) <= set(LesionFill.input_spec().trait_names())  # every core setting reachable
     kw = dict(in_file=str(lesion_case["t1w"]), mask_file=str(lesion_case["mask"]), weights=tiny_weights, steps=1,
               num_threads=1)
     default = LesionFill(**kw).run(cwd=_cwd(tmp_path / "default")).outputs
-    cfg = load_model(tiny_weights, "fill", "cpu")[0].cfg
-    want = fill_settings(cfg)  # unset traits leave the weights' defaults
-    assert {k: default.settings[k] for k in FILL_SETTINGS} == {k: want[k] for k in FILL_SETTINGS}
-    other = dict(patch_weight=0.0, nlm_weight=0.5, patch_mirror=not cfg.default_patch_mirror, refine=False)
+    want = load_model(tiny_weights, "fill", "cpu")[0].fill_settings.replace(steps=1).to_dict()
+    assert {k: default.settings[k] for k in names} == want  # unset traits leave the weights' defaults
+    other = dict(patch_weight=0.0, nlm_weight=0.5, patch_mirror=not want["patch_mirror"], refine=False)
     assert other["nlm_weight"] != want["nlm_weight"]
     given = LesionFill(**kw, **other).run(cwd=_cwd(tmp_path / "given")).outputs
     assert {k: given.settings[k] for k in other} == other

@@ -82,7 +82,7 @@ def test_core_imports_without_nipype_and_click():
         "import sys\n"
         "sys.modules['nipype'] = None\n"
         "sys.modules['click'] = None\n"
-        "import usb_prep.api, usb_prep.sampling, usb_prep.training, usb_prep.weights, usb_prep.io\n"
+        "import usb_prep.api, usb_prep.diffusion.sampling, usb_prep.train.diffusion, usb_prep.weights, usb_prep.io\n"
         "assert 'nipype' not in [m for m, v in sys.modules.items() if v is not None]\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -57,7 +57,7 @@ def test_fill_workflow_usb_tiny(lesion_case, tiny_weights, tmp_path):
     from usb_prep.pipelines import init_lesion_fill_wf
 
     given = {"patch_weight": 0.0, "nlm_weight": 0.5, "refine": False}
-    wf = init_lesion_fill_wf(weights=tiny_weights, steps=2, fill_settings=given)
+    wf = init_lesion_fill_wf(weights=tiny_weights, fill_settings={"steps": 2, **given})
     wf.inputs.inputnode.in_file = str(lesion_case["t1w"])
     wf.inputs.inputnode.mask_file = str(lesion_case["mask"])
     nodes = _run(wf, tmp_path)

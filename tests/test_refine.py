@@ -1,4 +1,4 @@
-"""The fill's refiner (usb_prep.refine): identity at init, residual inside the mask only, its weights."""
+"""The fill's refiner (usb_prep.fill.refiner): identity at init, residual inside the mask only, its weights."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 from usb_prep import api
 from usb_prep.config import preset
-from usb_prep.model import USBModel
-from usb_prep.refine import Refiner, refine_fill
+from usb_prep.diffusion.model import USBModel
+from usb_prep.fill.refiner import Refiner, refine_fill
 from usb_prep.weights import WeightsError, load_model, save_model
 
 torch.set_num_threads(1)
@@ -84,9 +84,10 @@ def test_fill_array_applies_the_models_refiner():
     assert np.allclose(refined[m], plain[m] + 0.1, atol=1e-5)
     assert np.array_equal(refined[~m], v[~m])
     assert np.array_equal(api.fill_array(v, m, refine=False, **kw), plain)
-    # it corrects the two patch fills' blend: without both in it, it is not applied
-    assert np.array_equal(api.fill_array(v, m, **{**kw, "patch_weight": 0.0}),
-                          api.fill_array(v, m, refine=False, **{**kw, "patch_weight": 0.0}))
+    # it reads both patch fills: they are computed even where the blend gives one no weight (never skipped silently)
+    no_patch = {**kw, "patch_weight": 0.0}
+    assert np.allclose(api.fill_array(v, m, **no_patch)[m], api.fill_array(v, m, refine=False, **no_patch)[m] + 0.1,
+                       atol=1e-5)
 
 
 def _tiny_cohort(root):
@@ -123,7 +124,7 @@ def _tiny_cohort(root):
 
 
 def test_refiner_stage_makes_cases_and_trains(tmp_path):
-    from usb_prep.refine_training import RefinerConfig, generate, load_cases, train_refiner
+    from usb_prep.train.refiner import RefinerConfig, generate, load_cases, train_refiner
 
     brains, masks, weights = _tiny_cohort(tmp_path)
     cfg = RefinerConfig(brains=str(brains), masks=str(masks), out=str(tmp_path / "run"), fill_weights=str(weights),
@@ -141,8 +142,8 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     generate(RefinerConfig(**{**cfg.to_dict(), "out": str(again), "cases": 1}))
     with np.load(files[0]) as a, np.load(again / "cases" / "0000.npz") as b:
         assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["nf"], b["nf"])  # case i from its seed alone
-    from usb_prep.refine_training import _banks, make_case
-    from usb_prep.training import load_brains
+    from usb_prep.train.refiner import _banks, make_case
+    from usb_prep.train.diffusion import load_brains
 
     cohort = load_brains(brains)
     bank, ms_bank = _banks(cfg, cohort[0])
@@ -196,7 +197,7 @@ def test_usb_train_refiner_stage_cli(tmp_path):
 
 
 def test_refiner_flip_averaging_is_the_mean_over_flipped_inputs():
-    from usb_prep.refine import FLIPS, _flip_mean
+    from usb_prep.fill.refiner import FLIPS, _flip_mean
 
     torch.manual_seed(0)
     net = Refiner().eval()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from usb_prep import sampling
+from usb_prep.diffusion import sampling
 from usb_prep.config import preset
-from usb_prep.guidance import soft_lesion_map
-from usb_prep.model import USBModel
+from usb_prep.diffusion.guidance import soft_lesion_map
+from usb_prep.diffusion.model import USBModel
 
 torch.set_num_threads(1)
 
@@ -140,7 +140,7 @@ def test_detect_lesion(model, case):
 
 
 def test_windowed_blend_is_exact_for_local_ops_and_skips_outside_where():
-    from usb_prep.model import _starts, windowed
+    from usb_prep.diffusion.model import _starts, windowed
 
     assert _starts(32, 32) == [0] and _starts(20, 32) == [0]
     s = _starts(70, 32)
@@ -171,7 +171,7 @@ def test_windowed_blend_is_exact_for_local_ops_and_skips_outside_where():
 def test_batch_of_one_runs_as_two_on_the_cpu():
     """_batch2: a single CPU sample goes through the net as a batch of two copies (oneDNN's fast conv3d);
     the result is the single sample's, for tensor and scalar timesteps alike."""
-    from usb_prep.model import _batch2
+    from usb_prep.diffusion.model import _batch2
 
     calls = []
 
@@ -194,7 +194,7 @@ def test_batch_of_one_runs_as_two_on_the_cpu():
 def test_model_window_matches_training_patch_inputs():
     """With cfg.window, a large input runs as window-sized calls; a window-sized one as one call."""
     from usb_prep.config import preset
-    from usb_prep.model import USBModel
+    from usb_prep.diffusion.model import USBModel
 
     torch.manual_seed(0)
     m = USBModel(preset("tiny", window=16), precision="fp32").eval()

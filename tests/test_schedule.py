@@ -1,11 +1,11 @@
-"""Noise schedule and DDIM stepping (usb_prep.schedule)."""
+"""Noise schedule and DDIM stepping (usb_prep.diffusion.schedule)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from usb_prep.schedule import NoiseSchedule, step_pairs
+from usb_prep.diffusion.schedule import NoiseSchedule, step_pairs
 
 torch.set_num_threads(1)
 

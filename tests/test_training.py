@@ -1,4 +1,4 @@
-"""Training loop (usb_prep.training) on a tiny synthetic cohort: runs, saves, resumes; DDP under torchrun."""
+"""Training loop (usb_prep.train.diffusion) on a tiny synthetic cohort: runs, saves, resumes; DDP under torchrun."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from usb_prep.data.splits import is_heldout_mask, list_masks
-from usb_prep.training import PairedLoss, TrainConfig, _decay, train
+from usb_prep.train.diffusion import PairedLoss, TrainConfig, _decay, train
 from usb_prep.weights import load_model
 
 torch.set_num_threads(1)
@@ -180,7 +180,7 @@ def test_ddp_torchrun_two_processes(cohort, tmp_path):
 def test_patient_brain_lesions_are_avoided_and_warps_keep_shapes(cohort, tmp_path):
     """A brain with NAME_lesionmask: synthetic holes stay off its lesion, which is marked invalid."""
     from usb_prep.config import preset
-    from usb_prep.training import PatchSampler, load_bank, load_brains
+    from usb_prep.train.diffusion import PatchSampler, load_bank, load_brains
 
     brains_dir, masks = cohort
     folder = tmp_path / "brains"
@@ -204,7 +204,7 @@ def test_patient_brain_lesions_are_avoided_and_warps_keep_shapes(cohort, tmp_pat
         seen_invalid += int((s["valid"] == 0).any())
         seen_mask += int(s["mask"].any())
     assert seen_invalid and seen_mask
-    from usb_prep.training import GridSampler
+    from usb_prep.train.diffusion import GridSampler
 
     gcfg = preset("tiny", grid=(8, 8, 8), voxel_mm=4.0, context=False, mirror=False)
     with pytest.raises(RuntimeError, match="without lesions"):  # whole brains: patients are skipped
@@ -214,7 +214,7 @@ def test_patient_brain_lesions_are_avoided_and_warps_keep_shapes(cohort, tmp_pat
 def test_loss_ignores_invalid_voxels():
     """Voxels where ``valid`` is 0 (real lesions of patient brains) carry no loss, lesion or brain."""
     from usb_prep.config import preset
-    from usb_prep.model import USBModel
+    from usb_prep.diffusion.model import USBModel
 
     torch.manual_seed(0)
     loss = PairedLoss(USBModel(preset("tiny")), TrainConfig(preset="tiny"))

@@ -10,7 +10,7 @@ import torch
 
 from usb_prep import weights as W
 from usb_prep.config import preset
-from usb_prep.model import USBModel
+from usb_prep.diffusion.model import USBModel
 from usb_prep.weights import WeightsError, load_model, resolve_weights, save_model
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ Three files make the authors' model (their README links a Google Drive folder):
 
 - ``usb_lesion.pth`` and ``usb_brain.pth``: ``torch.save([state_dict, optimizer_state, epoch])``
   of ``DataParallel(LDM_3D(...))``; every key starts with ``module.``.  Our
-  :class:`usb_prep.nets.UNet3D` uses their module names and forward semantics,
+  :class:`usb_prep.diffusion.nets.UNet3D` uses their module names and forward semantics,
   so the weights load by stripping ``module.`` and dropping the tensors their
   forward never uses (``cond_emb_proj.*``, ``proj_attn.*``).
 - ``vae.ckpt``: a PyTorch Lightning checkpoint of their ``AutoencoderKLAD``;
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig, NetConfig, preset
+from .runtime import CPU_TIME_NOTE, cpu_time_note, warn_if_slow  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ VAE_KEEP = ("encoders.0.", "decoders.0.", "quant_conv_mu.", "quant_conv_log_sigm
 VAE_DROP = ("discriminator.", "perceptual_loss.")  # training losses only
 AUTHORS_HEAD_CHANNELS = 256
 AUTHORS_NORM_GROUPS = 32
-CPU_TIME_NOTE = (
-    "the paper-size latent model is slow on CPU: about 2-5 s per denoiser forward pass, "
-    "10-25 minutes per edit on 2 cores; run it on a GPU (--device cuda)"
-)
 
 
 # --- reading ---------------------------------------------------------------
@@ -155,7 +151,7 @@ def infer_net_config(state: Mapping[str, torch.Tensor], *, num_head_channels: in
 
 def load_denoiser(path: str | os.PathLike, *, net_config: NetConfig | None = None,
                   num_head_channels: int = AUTHORS_HEAD_CHANNELS):
-    """Load ``usb_lesion.pth`` or ``usb_brain.pth`` into a :class:`usb_prep.nets.UNet3D`.
+    """Load ``usb_lesion.pth`` or ``usb_brain.pth`` into a :class:`usb_prep.diffusion.nets.UNet3D`.
 
     Parameters
     ----------
@@ -177,7 +173,7 @@ def load_denoiser(path: str | os.PathLike, *, net_config: NetConfig | None = Non
         Not a checkpoint, not the authors' container, or keys/shapes that do not
         match (the message names the first few).
     """
-    from .nets import UNet3D
+    from .diffusion.nets import UNet3D
 
     state, epoch = read_denoiser_state(path)
     cfg = net_config or infer_net_config(state, num_head_channels=num_head_channels)
@@ -253,7 +249,7 @@ def load_autoencoder(path: str | os.PathLike, *, ae_kwargs: dict | None = None):
 
     ``encode(x)`` returns ``(z_mu, z_sigma)`` with log-variance clamped to
     [-30, 20] as the authors'; their inference takes the mean ``z_mu`` (so does
-    :meth:`usb_prep.model.USBModel.encode_image`).  ``decode(z)`` is
+    :meth:`usb_prep.diffusion.model.USBModel.encode_image`).  ``decode(z)`` is
     ``post_quant_conv`` then the decoder, no output activation.
 
     Parameters
@@ -280,20 +276,6 @@ def load_autoencoder(path: str | os.PathLike, *, ae_kwargs: dict | None = None):
 
 
 # --- conversion ------------------------------------------------------------
-def cpu_time_note(cfg: ModelConfig, device: str | torch.device) -> str | None:
-    """A warning text when a latent (paper-size) model is about to run on the CPU, else ``None``."""
-    if cfg.mode == "latent" and torch.device(device).type == "cpu":
-        return CPU_TIME_NOTE
-    return None
-
-
-def warn_if_slow(cfg: ModelConfig, device: str | torch.device) -> None:
-    """``warnings.warn`` :data:`CPU_TIME_NOTE` for a latent model on the CPU."""
-    note = cpu_time_note(cfg, device)
-    if note:
-        warnings.warn(note, RuntimeWarning, stacklevel=2)
-
-
 def convert(lesion_pth: str | os.PathLike, brain_pth: str | os.PathLike, vae_ckpt: str | os.PathLike,
             out_dir: str | os.PathLike, *, model_config: ModelConfig | None = None, overwrite: bool = False) -> Path:
     """Convert the authors' three files into one weights folder (roles ``fill`` and ``generate``).
@@ -317,7 +299,7 @@ def convert(lesion_pth: str | os.PathLike, brain_pth: str | os.PathLike, vae_ckp
     Path
         ``out_dir``.  The manifest records each source file's name, sha256 and epoch.
     """
-    from .model import USBModel
+    from .diffusion.model import USBModel
     from .weights import MANIFEST, save_model, sha256_file
 
     cfg = model_config or preset("paper")

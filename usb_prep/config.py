@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fill.settings import DROPPED_KEYS, LEGACY_KEYS
+
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -74,22 +76,8 @@ class ModelConfig:
     norm_percentile: float = 99.5
     latent_scale: float = 0.18215
     autoencoder: dict | None = None  # MONAI AutoencoderKL kwargs in latent mode
-    # sampling defaults
-    default_steps: int = 20
-    default_t_start: int = 1023
+    default_steps: int = 20  # sampling steps of the generation and embedding tasks
     window: int | None = None  # patch models: run USB_brain in windows of this edge (the training patch)
-    default_margin: int = 2  # known-mask filling: the hole is the mask dilated by this (voxels)
-    default_samples: int = 1  # known-mask filling: average of this many fills (flips and noise differ)
-    default_patch_weight: float = 0.0  # known-mask filling: share of the classical patch fill averaged in
-    default_nlm_weight: float = 0.0  # ... and share of the non-local-means patch fill (mean of the best patches)
-    default_nlm_passes: int = 1  # ... run this many times, each guided by the previous pass's fill
-    default_nlm_coarse: bool = False  # ... the first pass guided by the model's and a 2x coarser nlm fill
-    default_nlm_mirror: bool = False  # ... its candidates also drawn from the brain mirrored across the midline
-    default_patch_mirror: bool = False  # known-mask filling: the patch fill's candidates too
-    default_smooth: float = 0.0  # known-mask filling: Gaussian sigma (voxels) smoothing the final fill
-    gamma0: float = 20.0
-    k: float = 0.5
-    lam: float = 1.0
     training: dict = field(default_factory=dict)  # summary of how the weights were made
 
     @property
@@ -106,6 +94,8 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
+        for old in (*LEGACY_KEYS, *DROPPED_KEYS):  # older weights; fill settings now have their own block
+            d.pop(old, None)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
@@ -156,7 +146,6 @@ PRESETS: dict[str, ModelConfig] = {
             with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
         ),
         default_steps=342,
-        default_t_start=300,
     ),
     # CPU filling model: native 1 mm crops around each lesion, context channels.
     # Sizes measured on 2 CPU cores (benchmarks/README.md): fwd+bwd of a batch of 4 x 32^3 ~1.9 s.

@@ -5,11 +5,13 @@
     {"format": 1,
      "models": {"fill":     {"file": "fill.safetensors", "sha256": "...", "config": {...}},
                 "generate": {"file": "generate.safetensors", "sha256": "...", "config": {...}}},
-     "refiner": {"file": "refine.safetensors", "sha256": "...", "channels": [16, 32, 48]}}
+     "refiner": {"file": "refine.safetensors", "sha256": "...", "channels": [16, 32, 48]},
+     "fill_settings": {"steps": 1, "margin": 0, ...}}
 
 ``fill`` runs the editing tasks (known-mask filling, healing, embedding) and
-``generate`` the generation tasks; the optional ``refiner`` (:mod:`usb_prep.refine`)
-is the known-mask fill's last stage, attached to the fill model as ``model.refiner``.
+``generate`` the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
+is the known-mask fill's last stage, attached to the fill model as ``model.refiner``, and
+``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as ``model.fill_settings``.
 A folder may hold one model under both roles (the converted ``paper`` model does).  Folders are resolved in one
 order: the explicit argument, then ``$USB_PREP_WEIGHTS``, then the packaged
 default.
@@ -26,6 +28,8 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .fill.settings import from_manifest
+from .runtime import warn_if_slow
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +98,13 @@ def read_manifest(folder: Path) -> dict:
 
 
 def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None) -> Path:
-    """Write models (each a :class:`usb_prep.model.USBModel`) under their roles."""
+    """Write models (each a :class:`usb_prep.diffusion.model.USBModel`) under their roles; the fill model's
+    refiner and fill settings (where set) too."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
     written: dict[int, str] = {}
-    refiner = None
+    refiner = settings = None
     for role, model in role_to_model.items():
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
@@ -109,9 +114,12 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
             _save_state(model, folder / fname, skip="refiner.")  # the refiner gets its own file
             written[id(model)] = fname
         entries[role] = {"file": fname, "sha256": sha256_file(folder / fname), "config": model.cfg.to_dict()}
-        if role == "fill" and getattr(model, "refiner", None) is not None:
-            refiner = model.refiner
+        if role == "fill":
+            refiner = getattr(model, "refiner", None)
+            settings = getattr(model, "fill_settings", None)
     manifest = {"format": 1, "models": entries, **(extra or {})}
+    if settings is not None:
+        manifest["fill_settings"] = settings.to_dict()
     if refiner is not None:
         manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
@@ -153,7 +161,7 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
 
     Returns ``(model, info)`` with ``info = {"folder", "file", "sha256", "role"}``.
     """
-    from .model import USBModel
+    from .diffusion.model import USBModel
 
     folder = resolve_weights(weights)
     man = read_manifest(folder)
@@ -168,10 +176,13 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if role == "fill" and "refiner" in man:
         model.refiner = load_refiner(folder, man["refiner"])
+    if role == "fill":
+        try:
+            model.fill_settings = from_manifest(man, model.refiner is not None)
+        except ValueError as e:
+            raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     model.eval().to(device)
     if cfg.mode == "latent":
-        from .authors import warn_if_slow
-
         warn_if_slow(cfg, device)
     info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
     if getattr(model, "refiner", None) is not None:
@@ -181,8 +192,8 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
 
 
 def load_refiner(folder: Path, entry: dict):
-    """The :class:`usb_prep.refine.Refiner` of a manifest's ``refiner`` entry, sha256-checked."""
-    from .refine import Refiner
+    """The :class:`usb_prep.fill.refiner.Refiner` of a manifest's ``refiner`` entry, sha256-checked."""
+    from .fill.refiner import Refiner
 
     path, _, state = _checked_state(Path(folder), entry, "refiner weights")
     net = Refiner(entry.get("channels", (16, 32, 48)))
@@ -198,7 +209,7 @@ def load_refiner(folder: Path, entry: dict):
 def load_refiner_state(spec: str | os.PathLike):
     """A refiner from ``spec``: ``"packaged"`` (the packaged weights' refiner, sha256-checked) or a state dict
     saved by ``usb-train --stage refiner`` (``OUT/refine.pt``, default channels)."""
-    from .refine import Refiner
+    from .fill.refiner import Refiner
 
     if str(spec) == "packaged":
         folder = packaged_weights_dir()
@@ -212,7 +223,7 @@ def load_refiner_state(spec: str | os.PathLike):
 
 
 def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
-           fill_defaults: dict | None = None, generate_defaults: dict | None = None,
+           fill_config: dict | None = None, fill_settings: dict | None = None, generate_steps: int | None = None,
            refiner: str | os.PathLike | None = None) -> Path:
     """One weights folder from two training runs' exports (``fill`` and ``generate`` roles).
 
@@ -222,9 +233,11 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
-    if refiner is not None:  # a state dict saved by torch.save (usb_prep.refine_training: OUT/refine.pt)
+    if refiner is not None:  # a state dict saved by torch.save (usb_prep.train.refiner: OUT/refine.pt)
         f.refiner = load_refiner_state(refiner)
-    # sampling defaults chosen by the benchmark (e.g. default_steps) travel in the config
-    f.cfg = f.cfg.replace(**(fill_defaults or {}))
-    g.cfg = g.cfg.replace(**(generate_defaults or {}))
+    # the fill settings chosen by the benchmark travel in their own block, the generation steps in the config
+    f.cfg = f.cfg.replace(**(fill_config or {}))
+    f.fill_settings = f.fill_settings.replace(**(fill_settings or {}))
+    if generate_steps:
+        g.cfg = g.cfg.replace(default_steps=int(generate_steps))
     return save_model(out, {"fill": f, "generate": g}, extra=extra)

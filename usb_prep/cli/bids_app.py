@@ -15,6 +15,7 @@ skipped; 2 usage error; 3 a dependency is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,6 +23,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from usb_prep.fill.settings import METHODS, FillSettings, packaged
 
 LOGGER = logging.getLogger("usb_prep.bids_app")
 
@@ -54,10 +57,10 @@ def get_parser() -> argparse.ArgumentParser:
     m.add_argument("--heal-without-mask", action="store_true",
                    help="subjects without a mask are healed mask-free instead of skipped")
     f = p.add_argument_group("filling")
-    f.add_argument("--method", choices=["usb", "wmstats", "patch", "nlm"], default="usb",
+    f.add_argument("--method", choices=METHODS, default="usb",
                    help="diffusion model (usb) or a classical filler")
     f.add_argument("--weights", help="weights folder (default: $USB_PREP_WEIGHTS, then packaged)")
-    f.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    _add_setting_options(f)
     f.add_argument("--seed", type=int, default=0, help="random seed")
     f.add_argument("--use-gpu", action="store_true", help="run the model on CUDA")
     f.add_argument("--skull-stripped", action="store_true", help="inputs are skull-stripped (sidecars)")
@@ -96,12 +99,26 @@ class Plan:
     expected: dict = field(default_factory=dict)  # key -> derivative paths that prove success
 
 
+def _add_setting_options(group) -> None:
+    """One option per :class:`usb_prep.fill.FillSettings` field, defaults shown from the packaged weights."""
+    defaults = packaged()
+    for f in dataclasses.fields(FillSettings):
+        opt = "--" + f.name.replace("_", "-")
+        help = f"{f.metadata['help']} (packaged weights: {getattr(defaults, f.name)})"
+        if isinstance(f.default, bool):
+            group.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            kind = float if isinstance(f.default, float) else int
+            group.add_argument(opt, type=kind, default=None, metavar=f.name.upper(), help=help)
+
+
 def _fill_options(opts) -> dict:
     out = {"method": opts.method, "seed": opts.seed, "use_gpu": opts.use_gpu}
     if opts.weights:
         out["weights"] = str(opts.weights)
-    if opts.steps:
-        out["steps"] = opts.steps
+    given = {k: getattr(opts, k) for k in FillSettings.names() if getattr(opts, k) is not None}
+    if given:
+        out["fill_settings"] = given
     return out
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 import click
+
+from usb_prep.fill.settings import METHODS, FillSettings, packaged
 
 EXIT_INPUT = 2  # bad input / usage
 EXIT_FAIL = 1
@@ -15,9 +18,10 @@ _device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), d
                        help="Where to run; auto uses CUDA when present.")
 _weights = click.option("--weights", type=click.Path(), default=None,
                         help="Weights folder (usb.json + .safetensors). Default: $USB_PREP_WEIGHTS, then the packaged model.")
-_seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same output).")
-_steps = click.option("--steps", type=int, default=None, help="Sampling steps (default: the model's).")
-_threads = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's).")
+_seed = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+                     help="Random seed (same seed, same output).")
+_steps = click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps (default: the model's).")
+_threads = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's).")
 _overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 
@@ -52,31 +56,29 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
     click.echo(f"wrote {side}")
 
 
+def _setting_options(fn):
+    """One option per :class:`usb_prep.fill.FillSettings` field; ``--help`` shows the packaged weights' values."""
+    defaults = packaged()
+    for f in reversed(dataclasses.fields(FillSettings)):
+        opt = "--" + f.name.replace("_", "-")
+        help = f"{f.metadata['help'][0].upper()}{f.metadata['help'][1:]} [packaged weights: {getattr(defaults, f.name)}]"
+        if isinstance(f.default, bool):
+            fn = click.option(f"{opt}/--no-{opt[2:]}", f.name, default=None, help=help)(fn)
+            continue
+        lo, hi = f.metadata["min"], f.metadata["max"]
+        kind = click.FloatRange(lo, hi) if isinstance(f.default, float) else click.IntRange(lo, hi)
+        fn = click.option(opt, f.name, type=kind, default=None, help=help)(fn)
+    return fn
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image", type=click.Path(), required=False)
 @click.argument("mask", type=click.Path(), required=False)
 @click.option("-o", "--output", type=click.Path(), help="Output image (.nii.gz, .nii or .mgz).")
-@click.option("--method", type=click.Choice(["usb", "wmstats", "patch", "nlm"]), default="usb", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="usb", show_default=True,
               help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like); "
-                   "nlm: non-local-means patch fill (no model).")
-@_steps
-@click.option("--t-start", type=int, default=None, help="Diffusion step to start editing from (default: the model's).")
-@click.option("--margin", type=int, default=None,
-              help="Voxels around the mask also hidden from the model (default: the model's; use 1-2 for tight masks).")
-@click.option("--samples", type=int, default=None, help="Average of this many fills (default: the model's).")
-@click.option("--patch-weight", type=click.FloatRange(0, 1), default=None,
-              help="Share of the classical patch fill averaged into the model's (default: the model's; 0: model only).")
-@click.option("--nlm-weight", type=click.FloatRange(0, 1), default=None,
-              help="Share of the non-local-means patch fill averaged in (default: the model's; 0: none).")
-@click.option("--nlm-passes", type=click.IntRange(1, 5), default=None,
-              help="Non-local-means passes, each guided by the previous one's fill (default: the model's).")
-@click.option("--nlm-mirror/--no-nlm-mirror", default=None,
-              help="Non-local-means candidates also from the brain mirrored across the midline (default: the model's).")
-@click.option("--patch-mirror/--no-patch-mirror", default=None,
-              help="Patch-fill candidates also from the brain mirrored across the midline (default: the model's).")
-@click.option("--smooth", type=click.FloatRange(0, 3), default=None,
-              help="Gaussian sigma (voxels) smoothing the final fill (default: the model's; 0: none).")
-@click.option("--no-refine", is_flag=True, help="Skip the weights' refiner (the fill's last stage, where they ship one).")
+                   "nlm: non-local-means patch fill (no model). Fill settings apply to usb only.")
+@_setting_options
 @_seed
 @_device
 @_weights
@@ -89,8 +91,8 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, steps, t_start, margin, samples, patch_weight, nlm_weight, nlm_passes, nlm_mirror,
-         patch_mirror, smooth, no_refine, seed, device, weights, threads, resample_mask, mask_kind, overwrite, quiet, demo_dir, verbose):
+def main(image, mask, output, method, seed, device, weights, threads, resample_mask, mask_kind, overwrite, quiet,
+         demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -102,7 +104,7 @@ def main(image, mask, output, method, steps, t_start, margin, samples, patch_wei
     if demo_dir:
         from usb_prep.demo import run_demo
 
-        _run(lambda: run_demo(Path(demo_dir), overwrite=overwrite, seed=seed, steps=steps, device=device,
+        _run(lambda: run_demo(Path(demo_dir), overwrite=overwrite, seed=seed, steps=settings["steps"], device=device,
                               weights=weights, num_threads=threads, progress=not quiet, echo=click.echo))
         return
     if not image or not output:
@@ -113,11 +115,9 @@ def main(image, mask, output, method, steps, t_start, margin, samples, patch_wei
         from usb_prep.io import check_output
 
         out = check_output(output, overwrite=overwrite)  # fail before any work
-        res = fill_lesion(image, mask, weights=weights, steps=steps, t_start=t_start, seed=seed, device=device,
-                          method=method, resample_mask=resample_mask, progress=not quiet, num_threads=threads,
-                          mask_kind=mask_kind, margin=margin, samples=samples, patch_weight=patch_weight,
-                          nlm_weight=nlm_weight, nlm_passes=nlm_passes, nlm_mirror=nlm_mirror,
-                          patch_mirror=patch_mirror, smooth=smooth, refine=False if no_refine else None)
+        res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
+                          resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
+                          **settings)
         _write(res, out, overwrite, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)
@@ -128,7 +128,7 @@ def main(image, mask, output, method, steps, t_start, margin, samples, patch_wei
 @click.argument("mask", type=click.Path())
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output image.")
 @_steps
-@click.option("--t-start", type=int, default=None, help="Start step (default 500, as the authors).")
+@click.option("--t-start", type=click.IntRange(0), default=None, help="Start step (default 500, as the authors).")
 @_seed
 @_device
 @_weights

@@ -3,7 +3,7 @@
 Single process: ``usb-train --brains B --masks M --out RUN``.
 Many GPUs or processes: ``torchrun --nproc_per_node 4 -m usb_prep.cli.train --brains ...``.
 The fill's refiner (after the fill model): ``usb-train --stage refiner --brains B --masks M --fill-weights W
---out RUN`` (``usb_prep.refine_training``; generates its cases, then trains beside them).
+--out RUN`` (``usb_prep.train.refiner``; generates its cases, then trains beside them).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def main(config_file, quiet, **opts):
             fields[key] = tuple(fields[key])
     stage = fields.pop("stage", "model")
     if stage == "refiner":
-        from usb_prep.refine_training import RefinerConfig as Config, run
+        from usb_prep.train.refiner import RefinerConfig as Config, run
     else:
-        from usb_prep.training import TrainConfig as Config, train as run
+        from usb_prep.train.diffusion import TrainConfig as Config, train as run
     try:
         cfg = Config(**fields)
     except TypeError as e:  # a field of the other stage

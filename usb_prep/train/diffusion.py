@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from . import crops
-from .config import ModelConfig, preset
-from .mirror import midline
-from .model import USBModel
+from .. import crops
+from ..config import ModelConfig, preset
+from ..mirror import midline
+from ..diffusion.model import USBModel
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
 
 
 def load_bank(cfg: TrainConfig, ref_shape, ref_affine) -> list[dict]:
-    from .data.splits import list_masks
-    from .data.synthesis import load_mask_bank
+    from ..data.splits import list_masks
+    from ..data.synthesis import load_mask_bank
 
     paths = list_masks(cfg.masks, split="train")
     if cfg.max_masks:
@@ -117,7 +117,7 @@ def load_bank(cfg: TrainConfig, ref_shape, ref_affine) -> list[dict]:
 def place_bank_mask(bank: list[dict], rng: np.random.Generator) -> tuple[np.ndarray, crops.Box, dict]:
     """A random mask of ``bank`` (:func:`load_bank`), deformed and shifted by up to 4 voxels: the mask
     crop, its box on the bank's grid and the bank entry."""
-    from .data.synthesis import deform_mask
+    from ..data.synthesis import deform_mask
 
     e = bank[rng.integers(len(bank))]
     m = deform_mask(e["crop"], rng, strength=float(rng.uniform(0.5, 1.5)))
@@ -137,7 +137,7 @@ class PatchSampler:
             b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None else None
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        from .data.synthesis import paint_lesion
+        from ..data.synthesis import paint_lesion
 
         P = self.cfg.patch
         b = self.brains[rng.integers(len(self.brains))]
@@ -174,7 +174,7 @@ class PatchSampler:
         stack = np.stack([cut(img, box), cut(brain, box), cut(full_mask, box), cut(avoid, box), cut(img, mbox)[::-1],
                           (cut(full_mask, mbox) | cut(avoid, mbox))[::-1]]).astype(np.float32)
         if warp:
-            from .data.augment import random_spatial_coords, warp_volumes
+            from ..data.augment import random_spatial_coords, warp_volumes
 
             coords = random_spatial_coords(stack.shape[1:], rng, True, True, max_rot_deg=15.0,
                                            scale_range=(0.85, 1.15), elastic_spacing=12)
@@ -224,7 +224,7 @@ class GridSampler:
         return to_model_grid(a, self.mcfg)
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        from .data.synthesis import deform_mask, paint_lesion
+        from ..data.synthesis import deform_mask, paint_lesion
 
         i = rng.integers(len(self.brains))
         H, Bm = self.brains[i]
@@ -426,7 +426,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         start = ck["iteration"]
         log.info("resumed from %s at iteration %d", ckpt_path, start)
     elif cfg.init_weights:
-        from .weights import load_model
+        from ..weights import load_model
 
         init, info = load_model(cfg.init_weights, "generate" if mcfg.grid is not None else "fill")
         init.refiner = None  # the refiner belongs to the weights' fill, not to the run (usb-train --stage refiner trains it)
@@ -518,7 +518,7 @@ def _save_checkpoint(path: Path, model, ema, opt, it, cfg):
 
 def export(ema: USBModel, folder: Path, cfg: TrainConfig, it: int, role: str | None = None) -> Path:
     """Write the EMA weights in the shipped format, with a training summary in the config."""
-    from .weights import save_model
+    from ..weights import save_model
 
     summary = {**{k: v for k, v in cfg.to_dict().items() if k not in ("out",)}, "iterations_done": it}
     changes = {"training": summary}

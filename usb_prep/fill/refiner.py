@@ -1,10 +1,10 @@
 """The fill's last stage: a small CNN that corrects the blended fill inside the mask.
 
-The blend (:func:`usb_prep.api._blend_classical`: 0.2 classical patch fill + 0.8 model-guided
+The blend (:mod:`usb_prep.fill.blend`: 0.2 classical patch fill + 0.8 model-guided
 non-local-means fill by default) averages its parts voxel by voxel. The refiner sees the known image,
 the mask and the parts themselves (the model's fill, the patch fill, the nlm fill) and adds a residual
 inside the mask; its last layer is zero-initialised, so an untrained refiner returns the blend.
-Trained on synthetic lesions of the training brains by :mod:`usb_prep.refine_training` (``usb-train --stage refiner``).
+Trained on synthetic lesions of the training brains by :mod:`usb_prep.train.refiner` (``usb-train --stage refiner``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import crops
+from .. import crops
 
 PATCH = 32  # training and inference window edge (GroupNorm statistics depend on it)
 CONTEXT = 12  # known voxels around each lesion crop

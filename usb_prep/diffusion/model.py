@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .nets import UNet3D
 from .schedule import NoiseSchedule
 
@@ -47,7 +47,8 @@ class USBModel(nn.Module):
         self.lesion_net = UNet3D(cfg.lesion_net)  # eps_x(x_t, y_t, t)
         self.brain_net = UNet3D(cfg.brain_net)  # eps_y(y_t, [x0_hat, context...], t)
         self.schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
-        self.refiner = None  # the fill's last stage (usb_prep.refine.Refiner), set by weights.load_model
+        self.refiner = None  # the fill's last stage (usb_prep.fill.refiner.Refiner), set by weights.load_model
+        self.fill_settings = None  # the weights' usb_prep.fill.FillSettings, set by weights.load_model
         self.autoencoder = None
         if cfg.mode == "latent":
             from monai.networks.nets import AutoencoderKL

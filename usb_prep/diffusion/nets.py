@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import NetConfig
+from ..config import NetConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

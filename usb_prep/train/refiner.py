@@ -1,11 +1,11 @@
-"""Training the fill's refiner (:mod:`usb_prep.refine`): synthetic cases, then the residual CNN.
+"""Training the fill's refiner (:mod:`usb_prep.fill.refiner`): synthetic cases, then the residual CNN.
 
 A *case* is a training mask (deformed and placed as the fill model's training places them) painted
 as a T1w lesion on a healthy training brain, confined to the mask, and the three parts of the default
 fill computed on it by the fill model being refined: the model's own fill, the classical patch fill
 and the model-guided nlm fill (one pass, as the default blend runs them). Cases are crops (the
-lesions' box with :data:`usb_prep.refine.CONTEXT` known voxels) saved as ``OUT/cases/NNNN.npz``; the
-refiner trains on random :data:`usb_prep.refine.PATCH`^3 windows of them (flips, axis permutations),
+lesions' box with :data:`usb_prep.fill.refiner.CONTEXT` known voxels) saved as ``OUT/cases/NNNN.npz``; the
+refiner trains on random :data:`usb_prep.fill.refiner.PATCH`^3 windows of them (flips, axis permutations),
 reading new cases as they appear, so generation and training can run side by side.
 Case ``i`` is drawn from seed ``10000 + i`` alone: any process or shard makes the same case.
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import crops
-from .refine import CONTEXT, PATCH, Refiner, pad_to_window, refiner_inputs
+from .. import crops
+from ..fill.refiner import CONTEXT, PATCH, Refiner, pad_to_window, refiner_inputs
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class RefinerConfig:
 def paint_t1w(image, brain, mask, rng) -> np.ndarray:
     """A T1w lesion painted by :func:`usb_prep.data.synthesis.paint_lesion`, confined to ``mask`` (the mask
     covers the whole lesion, as a user's mask should)."""
-    from .data.synthesis import paint_lesion
+    from ..data.synthesis import paint_lesion
 
     out = paint_lesion(image, brain, mask, rng, contrast="T1w")
     out = out[0] if isinstance(out, tuple) else out
@@ -75,22 +75,21 @@ def paint_t1w(image, brain, mask, rng) -> np.ndarray:
 
 
 def fill_parts(model, image, mask, affine):
-    """The three parts of the default fill (whole images): the model's own fill (``fill_array`` without the
-    patch fills), the classical patch fill and the nlm fill guided by the model's (``blend_fill`` with all
-    weight on one of them, one pass)."""
-    from . import api
+    """The three parts the refiner reads (whole images): the model's own fill, the classical patch fill and
+    the nlm fill guided by the model's (one pass, no coarse guide), under the model's fill settings."""
+    from .. import api
+    from ..fill.context import FillContext
 
-    u = api.fill_array(image, mask, model=model, device="cpu", affine=affine, patch_weight=0.0, nlm_weight=0.0)
-    one = dict(affine=affine, nlm_passes=1, nlm_coarse=False, smooth=0.0)
-    pf = api.blend_fill(u, image, mask, model.cfg, patch_weight=1.0, nlm_weight=0.0, **one)
-    nf = api.blend_fill(u, image, mask, model.cfg, patch_weight=0.0, nlm_weight=1.0, **one)
-    return u, pf, nf
+    parts = api.fill_parts(image, mask, model=model, device="cpu", affine=affine, stages=("model", "patch", "nlm"),
+                           nlm_passes=1, nlm_coarse=False)
+    ctx = FillContext(image, mask)
+    return parts.model, ctx.whole(parts.patch), ctx.whole(parts.nlm)
 
 
 def _banks(cfg: RefinerConfig, ref):
     """The training masks (all cohorts) and those of the ``ms`` cohort."""
-    from .data.splits import list_masks
-    from .data.synthesis import load_mask_bank
+    from ..data.splits import list_masks
+    from ..data.synthesis import load_mask_bank
 
     paths = list_masks(Path(cfg.masks), "train")
     if cfg.max_masks:
@@ -104,7 +103,7 @@ def _banks(cfg: RefinerConfig, ref):
 def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms_every: int = 0) -> dict | None:
     """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small.
     Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty)."""
-    from .training import place_bank_mask
+    from .diffusion import place_bank_mask
 
     rng = np.random.default_rng(10_000 + i)
     b = brains[rng.integers(len(brains))]
@@ -127,8 +126,8 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
 
 def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float | None = None) -> int:
     """Write the cases ``k, k + n, ...`` (shard ``(k, n)``) missing from ``OUT/cases``; returns how many."""
-    from .training import load_brains
-    from .weights import load_model
+    from .diffusion import load_brains
+    from ..weights import load_model
 
     torch.set_num_threads(1)
     out = Path(cfg.out) / "cases"
@@ -202,7 +201,7 @@ def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     net, ema = Refiner(cfg.channels), Refiner(cfg.channels)
     if cfg.init:  # fine-tune, e.g. after the fill's parts changed a little
-        from .weights import load_refiner_state
+        from ..weights import load_refiner_state
 
         net.load_state_dict(load_refiner_state(cfg.init).state_dict())
     ema.load_state_dict(net.state_dict())

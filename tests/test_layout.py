@@ -1,0 +1,74 @@
+"""The core's layering: no import cycle, and no Nipype or click in it."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import usb_prep
+
+ROOT = Path(usb_prep.__file__).resolve().parent
+SHELLS = ("cli",)  # the thin shells inside the package (interfaces and pipelines live outside it)
+
+
+def _core_modules():
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT)
+        if rel.parts[0] in SHELLS or rel.parts[0] == "weights":
+            continue
+        yield p, ".".join(("usb_prep", *rel.with_suffix("").parts)).removesuffix(".__init__")
+
+
+def _imports(path: Path, name: str, is_pkg: bool):
+    """Every usb_prep module ``path`` imports (module level or inside functions)."""
+    pkg = name if is_pkg else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("usb_prep"):
+                continue
+            for a in node.names:  # "from . import crops": the submodule; "from . import __version__": the package
+                sub = f"{base}.{a.name}"
+                out.add(sub if (ROOT.parent / (sub.replace(".", "/") + ".py")).exists()
+                        or (ROOT.parent / sub.replace(".", "/")).is_dir() else base)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("usb_prep")}
+    return out
+
+
+def test_core_has_no_import_cycle():
+    graph = {}
+    for p, name in _core_modules():
+        graph[name] = {m for m in _imports(p, name, p.name == "__init__.py") if m != name}
+    graph.pop("usb_prep", None)  # the package facade imports api lazily, by design
+    state, cycle = {}, []
+
+    def visit(n, stack):
+        state[n] = "open"
+        for m in sorted(graph.get(n, ())):
+            if m not in graph:
+                continue
+            if state.get(m) == "open":
+                cycle.append(stack[stack.index(m):] + [m])
+            elif m not in state:
+                visit(m, stack + [m])
+        state[n] = "done"
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not cycle, f"import cycle(s): {cycle}"
+    assert "usb_prep.fill.settings" in graph and len(graph) > 30
+
+
+def test_core_imports_no_nipype_or_click():
+    mods = [name for _, name in _core_modules() if name != "usb_prep"]
+    code = ("import sys, importlib\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('nipype', 'click'))\n"
+            "print(bad)\nsys.exit(1 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, f"core imports {r.stdout.strip()} {r.stderr[-500:]}"

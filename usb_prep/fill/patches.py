@@ -1,0 +1,35 @@
+"""Stages "patch" and "nlm": fills that copy tissue from the image itself (:mod:`usb_prep.classical`).
+
+The patch fill copies one near-best patch centre per voxel (NiftySeg-like texture); the nlm fill the
+mean of the best patches, its distances guided by a layout estimate inside the lesion (the model's
+fill), so that deep inside big lesions it copies tissue that fits the model's layout. Both may draw
+candidates from the mirrored brain too (``patch_mirror``, ``nlm_mirror``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..classical import coarse_guide, fill_nlm, fill_patch
+from .context import FillContext
+from .settings import FillSettings
+
+
+def patch_fill(ctx: FillContext, settings: FillSettings) -> np.ndarray:
+    """The classical patch fill's values over the mask."""
+    extra = ctx.mirrored if settings.patch_mirror else None
+    return fill_patch(ctx.image, ctx.mask, np.random.default_rng(ctx.seed), brain=ctx.brain, extra=extra)[ctx.mask]
+
+
+def nlm_guide(ctx: FillContext, model_fill: np.ndarray, settings: FillSettings) -> np.ndarray:
+    """The first nlm pass's guide: the model's fill (whole image), with ``nlm_coarse`` averaged with the
+    nlm fill of a 2x coarser copy (whose patches reach twice as far from the border)."""
+    if settings.nlm_coarse:
+        return 0.5 * model_fill + 0.5 * coarse_guide(ctx.image, ctx.mask, brain=ctx.brain)
+    return model_fill
+
+
+def nlm_fill(ctx: FillContext, guide: np.ndarray, settings: FillSettings) -> np.ndarray:
+    """The nlm fill's values over the mask, its patch distances seeing ``guide`` inside the mask."""
+    extra = ctx.mirrored if settings.nlm_mirror else None
+    return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra)[ctx.mask]

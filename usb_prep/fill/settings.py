@@ -1,0 +1,128 @@
+"""The known-mask fill's settings: one frozen dataclass, stored as its own block in the weights' ``usb.json``.
+
+Every front end is generated from :class:`FillSettings`' fields: the ``usb-fill`` options, the
+``LesionFill`` Nipype traits, the BIDS app's options and the sidecar's keys. A new setting is one
+field here (with its ``help``) plus its logic in one stage. This module imports neither torch nor
+numpy, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("usb", "wmstats", "patch", "nlm")  # usb: the diffusion model; the rest: classical fillers
+STAGES = ("model", "patch", "nlm", "blend", "refine")  # the fill pipeline's stages, in order
+
+
+def _f(default, help, lo=None, hi=None):
+    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    """Settings of the default fill (model fill -> patch and nlm fills -> blend -> refiner).
+
+    The defaults here are the fallback for weights without a ``fill_settings`` block; the packaged
+    weights carry the benchmark's choice (:func:`packaged`).
+    """
+
+    steps: int = _f(20, "sampling steps of the model fill", 1, 1000)
+    t_start: int | None = _f(None, "diffusion step the model fill starts from (unset: the last training step)", 0)
+    margin: int = _f(2, "voxels around the mask also hidden from the model (use 1-2 for tight masks)", 0, 16)
+    samples: int = _f(1, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
+    patch_weight: float = _f(0.0, "share of the classical patch fill in the blend", 0.0, 1.0)
+    nlm_weight: float = _f(0.0, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
+    nlm_passes: int = _f(1, "nlm passes, each further one guided by the previous blend", 1, 5)
+    nlm_coarse: bool = _f(False, "guide the first nlm pass with a 2x coarser nlm fill too")
+    nlm_mirror: bool = _f(False, "nlm candidates also from the brain mirrored across the midline")
+    patch_mirror: bool = _f(False, "patch-fill candidates also from the brain mirrored across the midline")
+    smooth: float = _f(0.0, "Gaussian sigma (voxels) smoothing the blend", 0.0, 3.0)
+    refine: bool = _f(False, "run the weights' refiner over the blend (the fill's last stage)")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.default is None:
+                continue
+            kind = bool if isinstance(f.default, bool) else float if isinstance(f.default, float) else int
+            if kind is bool:
+                if not isinstance(v, bool):
+                    raise ValueError(f"fill setting {f.name} must be true or false, got {v!r}")
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+                raise ValueError(f"fill setting {f.name} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+            object.__setattr__(self, f.name, kind(v))
+            lo, hi = f.metadata["min"], f.metadata["max"]
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ValueError(f"fill setting {f.name} must be {rng}, got {v}")
+        if self.patch_weight + self.nlm_weight > 1 + 1e-6:
+            raise ValueError(f"patch_weight + nlm_weight must be <= 1, got {self.patch_weight} + {self.nlm_weight}")
+
+    # --- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FillSettings":
+        unknown = set(d) - set(cls.names())
+        if unknown:
+            raise ValueError(f"unknown fill settings: {', '.join(sorted(unknown))} (known: {', '.join(cls.names())})")
+        return cls(**d)
+
+    def replace(self, **changes) -> "FillSettings":
+        """A copy with the given settings changed; ``None`` values mean "keep"; unknown names raise."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(given) - set(self.names())
+        if unknown:
+            raise ValueError(f"unknown fill settings: {', '.join(sorted(unknown))} (known: {', '.join(self.names())})")
+        return dataclasses.replace(self, **given) if given else self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # --- what runs ------------------------------------------------------------------------------------
+    def stages(self) -> tuple[str, ...]:
+        """The stages these settings need: the model always (it guides the nlm fill and is the blend's rest);
+        patch and nlm where they have weight or the refiner (which reads both) runs."""
+        use_patch = self.patch_weight > 0 or self.refine
+        use_nlm = self.nlm_weight > 0 or self.refine
+        chosen = ["model"] + ["patch"] * use_patch + ["nlm"] * use_nlm
+        if use_patch or use_nlm or self.smooth > 0:
+            chosen.append("blend")
+        if self.refine:
+            chosen.append("refine")
+        return tuple(chosen)
+
+
+# Model-config keys of weights written before the settings had their own block (``default_<name>``).
+LEGACY_KEYS = {f"default_{n}": n for n in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",
+                                            "nlm_coarse", "nlm_mirror", "patch_mirror", "smooth")}
+DROPPED_KEYS = ("default_t_start", "gamma0", "k", "lam")  # never read; dropped from old configs
+
+
+def from_manifest(manifest: dict, has_refiner: bool) -> FillSettings:
+    """The fill settings of a weights manifest: its ``fill_settings`` block, else (older weights) the fill
+    model config's ``default_*`` keys, the refiner on where the weights ship one."""
+    block = manifest.get("fill_settings")
+    if block is not None:
+        s = FillSettings.from_dict(block)
+    else:
+        cfg = manifest.get("models", {}).get("fill", {}).get("config", {})
+        legacy = {new: cfg[old] for old, new in LEGACY_KEYS.items() if old in cfg}
+        if "default_steps" in cfg:
+            legacy["steps"] = cfg["default_steps"]
+        s = FillSettings(**legacy, refine=has_refiner)
+    if s.refine and not has_refiner:
+        raise ValueError("the weights' fill settings say refine, but the weights ship no refiner")
+    return s
+
+
+def packaged() -> FillSettings:
+    """The packaged weights' fill settings (read from their ``usb.json`` without loading any model)."""
+    man = json.loads((Path(__file__).resolve().parent.parent / "weights" / "default" / "usb.json").read_text())
+    return from_manifest(man, "refiner" in man)
