@@ -63,6 +63,11 @@ def test_wheel_contents(wheel):
     for required in ("usb_prep/__init__.py", "usb_prep/api.py", "usb_prep/cli/fill.py", "usb_prep/data/__init__.py",
                      "usb_prep/interfaces/__init__.py", "usb_prep/pipelines/__init__.py"):
         assert required in names, f"{required} missing from the wheel"
+    # every module of the source tree is in the wheel (a subpackage missing from setup.cfg is caught here)
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "usb_prep").rglob("*.py")}
+    sources |= {f"usb_prep/{p.relative_to(ROOT)}" for d in ("interfaces", "pipelines") for p in (ROOT / d).glob("*.py")}
+    missing = sorted(sources - names)
+    assert not missing, f"modules missing from the wheel: {missing}"
     if (ROOT / "usb_prep" / "weights" / "default" / "usb.json").is_file():
         assert "usb_prep/weights/default/usb.json" in names
         man_files = [n for n in names if n.startswith("usb_prep/weights/default/") and n.endswith(".safetensors")]
