@@ -5,6 +5,10 @@ and calls the core (:mod:`usb_prep.api`, :mod:`usb_prep.reinstate`,
 :mod:`usb_prep.reports`, :mod:`usb_prep.bids`).
 """
 
+import os
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network at run time: nipype's version check stays off
+
 from .fill import GenerateLesionPair, LesionEmbed, LesionFill
 from .reinstate import ReinstateLesion
 from .registration import AntsPyRegistration, AntsPySegmentation, CostFunctionMask

@@ -10,6 +10,10 @@
   (``reg_aladin``/``reg_f3d``/``reg_resample``).
 """
 
+import os
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network at run time: nipype's version check stays off
+
 from .fill import init_lesion_fill_wf
 from .freesurfer import init_fill_freesurfer_wf
 from .ants import init_fill_ants_wf

@@ -15,6 +15,7 @@ def init_lesion_fill_wf(
     use_gpu: bool = False,
     omp_nthreads: int = 1,
     mask_kind: str = "lesion",
+    resample_mask: bool = False,
     fill_settings: dict | None = None,
     name: str = "lesion_fill_wf",
 ):
@@ -34,6 +35,8 @@ def init_lesion_fill_wf(
         CPU threads for the fill node.
     mask_kind : {"lesion", "artifact"}
         What the mask marks (recorded in the settings).
+    resample_mask : bool
+        Resample a mask on another grid onto the image (else such a mask is an error).
     fill_settings : dict, optional
         Known-mask fill settings (fields of :class:`usb_prep.fill.FillSettings`, e.g.
         ``{"steps": 2, "refine": False}``); the rest keep the weights' defaults.
@@ -65,7 +68,8 @@ def init_lesion_fill_wf(
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes()
     fill = pe.Node(
-        LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind),
+        LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind,
+                   resample_mask=resample_mask),
         name="lesion_fill",
         n_procs=omp_nthreads,
     )

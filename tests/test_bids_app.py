@@ -149,3 +149,46 @@ def test_bids_app_freesurfer_stub(bids_ds, tmp_path, linear_plugin, stub_recon_a
     lesion = np.asanyarray(nb.load(str(mri / "lesion.mgz")).dataobj) > 0
     assert lesion.any() and (aseg[lesion] == 25).all()
     assert (mri / "aparc+aseg.lesion.mgz").exists()
+
+
+def test_rerun_after_failure_reports_it_and_removes_stale_outputs(bids_ds, tmp_path, linear_plugin, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = _args(bids_ds, tmp_path, "--participant-label", "01", "--use-plugin", str(linear_plugin))
+    assert main(args) == 0
+    filled = tmp_path / "out/sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz"
+    assert filled.exists()
+    # the mask is swapped for one on another grid: this run's fill crashes
+    img, lesion, _, aff = phantom(shape=(20, 20, 20))
+    _write(bids_ds / "sub-01/anat/sub-01_label-lesion_roi.nii.gz", lesion, aff)
+    capsys.readouterr()
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "0 succeeded, 1 failed" in captured.out
+    assert not filled.exists() and not filled.with_name("sub-01_desc-lesionfilled_T1w.json").exists()
+    assert "--resample-mask" in captured.err + captured.out or list((tmp_path / "work/crash").rglob("crash-*.txt"))
+    assert not list(tmp_path.glob("crash-*")), "crash files belong in the work folder"
+    assert list((tmp_path / "work/crash").rglob("crash-*.txt"))
+    # usb-prep has the option the message names: with it the subject succeeds again
+    assert main(args + ["--resample-mask"]) == 0 and filled.exists()
+
+
+def test_nothing_to_run_creates_no_output_and_unknown_label_is_usage(bids_ds, tmp_path, linear_plugin):
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "03")) == 1  # skipped: no mask
+    assert not (tmp_path / "out").exists()
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "99")) == 2
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "--steps", "0")) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_subjects_with_multiproc(bids_ds, tmp_path, capfd):
+    args = _args(bids_ds, tmp_path, "--participant-label", "01", "02")
+    args[args.index("--nprocs") + 1] = "2"  # Nipype's MultiProc plugin, two processes
+    code = main(args)
+    assert code == 0
+    out = tmp_path / "out"
+    assert (out / "sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz").exists()
+    assert (out / "sub-02/ses-1/anat/sub-02_ses-1_desc-lesionfilled_T1w.nii.gz").exists()
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if "nipype.workflow" in ln and "Workflow" in ln]
+    assert len(lines) == len(set(lines)), "nipype log lines printed twice"

@@ -123,6 +123,7 @@ def test_packaged_default_weights_load(monkeypatch):
     assert "fill" in man["models"], "the packaged weights must provide a filling model"
     for role in man["models"]:
         model, info = load_model(None, role)
-        assert info["folder"] == str(folder)
+        assert info["weights"] == "packaged default" and info["file"] == man["models"][role]["file"]  # no local paths
+        assert not any(p.requires_grad for p in model.parameters())  # frozen: inference builds no autograd graph
         assert len(info["sha256"]) == 64
         assert sum(p.numel() for p in model.parameters()) > 0

@@ -40,6 +40,33 @@ class FillResult:
     messages: list[str] = field(default_factory=list)
 
 
+MAX_BRAIN_SHARE = 0.5  # a mask covering more of the foreground than this leaves too little to fill from
+LARGE_MASK_ML = 200.0  # masks larger than this take minutes: say so
+
+
+def intensity_offset(data: np.ndarray) -> float:
+    """What to subtract so that the background is 0 and tissue positive: 0 for the usual images (a few
+    negative voxels, e.g. from interpolation, do not count), the 0.5th percentile for shifted or z-scored
+    ones (at least 1% of voxels negative: their background is their lowest value)."""
+    lo, p1 = np.percentile(data, (0.5, 1.0))
+    return float(lo) if p1 < 0 else 0.0
+
+
+def check_mask(data: np.ndarray, mask: np.ndarray, voxel_ml: float, messages: list) -> None:
+    """Refuse masks that cannot be filled sensibly; note large ones. ``data``: offset, non-negative."""
+    fg = data > 0.05 * intensity_scale(data)
+    share = (mask & fg).sum() / max(int((fg | mask).sum()), 1)
+    if share > MAX_BRAIN_SHARE:
+        raise ValueError(f"the mask covers {100 * share:.0f}% of the image's foreground (more than "
+                         f"{100 * MAX_BRAIN_SHARE:.0f}%): too little tissue is left to fill from")
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+    if ring.any() and (fg & ring).sum() < 0.05 * ring.sum():
+        raise ValueError("the mask lies outside the head: its surroundings are background (check the mask's "
+                         "orientation and grid)")
+    if mask.sum() * voxel_ml > LARGE_MASK_ML:
+        messages.append(f"large mask ({mask.sum() * voxel_ml:.0f} ml): filling takes minutes")
+
+
 def intensity_scale(data: np.ndarray, exclude: np.ndarray | None = None, pct: float = 99.5) -> float:
     """Robust scale: the ``pct`` percentile of foreground voxels (> 0, outside ``exclude``)."""
     fg = data > 0
@@ -120,15 +147,22 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     if mask is not None:
         m = mask_array(load_image(mask, what="mask"), img, resample_mask=resample_mask, messages=messages)
     record = {"method": method, "seed": seed, "mask_kind": mask_kind, "usb_prep_version": __version__,
-              "mask_given": mask is not None}
+              "torch_version": torch.__version__, "mask_given": mask is not None,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with threads(num_threads):
         record["num_threads"] = torch.get_num_threads()
         if m is not None and not m.any():
             out_img = like_input(data, img, where=np.zeros(data.shape, bool))
             return FillResult(out_img, _mask_img(m, img), record, messages)
-        scale = intensity_scale(data, m)
-        v = (data / scale).astype(np.float32)
+        offset = intensity_offset(data)
+        if offset:
+            messages.append(f"the image has negative intensities: filled after shifting its background ({offset:g}) to 0")
+        data0 = np.maximum(data - offset, 0) if offset else data
         vox = _voxel_size(img)
+        if m is not None:
+            check_mask(data0, m, float(np.prod(vox)) / 1000, messages)
+        scale = intensity_scale(data0, m)
+        v = (data0 / scale).astype(np.float32)
         if method == "usb":
             dev = resolve_device(device)
             model, info = load_model(weights, "fill", dev)
@@ -147,10 +181,10 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
             from . import classical
 
             filled = classical.FILLERS[method](v, m, np.random.default_rng(seed))
-        record["intensity_scale"] = scale
+        record["intensity_scale"], record["intensity_offset"] = scale, offset
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["mask_voxels"] = int(m.sum())
-    out_img = like_input(filled.astype(np.float64) * scale, img, where=m)
+    out_img = like_input(filled.astype(np.float64) * scale + offset, img, where=m)
     return FillResult(out_img, _mask_img(m, img), record, messages)
 
 

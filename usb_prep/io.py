@@ -48,6 +48,8 @@ def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
     else:
         path = Path(image)
         name = f"{what} {path}"
+        if path.is_dir():
+            raise InputError(f"{name}: is a folder, not a NIfTI/MGZ file")
         if not path.is_file():
             raise InputError(f"{name}: no such file")
         if not _suffix(path):
@@ -55,7 +57,7 @@ def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
         try:
             img = nib.load(str(path))
         except Exception as e:  # nibabel raises several types for bad headers
-            raise InputError(f"{name}: cannot be read as NIfTI/MGZ ({e})") from e
+            raise InputError(f"{name}: cannot be read as NIfTI/MGZ ({_first_line(e)})") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         pass
@@ -64,10 +66,14 @@ def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip / short file
-        raise InputError(f"{name}: data cannot be read (truncated or corrupt file?): {e}") from e
+        raise InputError(f"{name}: data cannot be read (truncated or corrupt file?): {_first_line(e)}") from e
     if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(f"{name}: contains NaN or Inf voxels")
     return img
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def get_data(img) -> np.ndarray:
@@ -96,17 +102,25 @@ def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: li
     messages = messages if messages is not None else []
     if not same_grid(mask_img, image_img):
         if not resample_mask:
-            raise InputError(
-                f"image and mask are on different grids (shapes {image_img.shape[:3]} vs {mask_img.shape[:3]}, "
-                "or different affines); pass --resample-mask to resample the mask onto the image"
-            )
+            if tuple(image_img.shape[:3]) != tuple(mask_img.shape[:3]):
+                what = f"shapes differ: image {image_img.shape[:3]}, mask {mask_img.shape[:3]}"
+            else:
+                diff = float(np.abs(np.asarray(image_img.affine) - np.asarray(mask_img.affine)).max())
+                what = f"same shape {image_img.shape[:3]} but the affines differ (largest entry difference {diff:.3g})"
+            raise InputError(f"image and mask are on different grids ({what}); "
+                             "pass --resample-mask to resample the mask onto the image")
         mask_img = resample_like(mask_img, image_img, order=1)
         messages.append("mask resampled onto the image grid (linear, threshold 0.5)")
     m = get_data(mask_img)
     values = np.unique(m)
-    if not np.all(np.isin(values, (0.0, 1.0))):
-        messages.append(f"mask is not binary ({values.size} distinct values): thresholded at 0.5")
-    mask = m >= 0.5
+    if values.size == 2 and values[0] == 0 and values[1] > 0:  # a label mask (0/255, 0/2): binary all the same
+        mask = m > 0
+        if values[1] != 1:
+            messages.append(f"mask values are 0 and {values[1]:g}: the non-zero voxels are the lesion")
+    else:
+        if not np.all(np.isin(values, (0.0, 1.0))):
+            messages.append(f"mask is not binary ({values.size} distinct values): thresholded at 0.5")
+        mask = m >= 0.5
     if not mask.any():
         messages.append("mask is empty: input copied unchanged")
     return mask
@@ -127,11 +141,55 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     return p
 
 
+def check_outputs(outputs, inputs=(), *, overwrite: bool = False, overwrite_input: bool = False) -> list[Path]:
+    """:func:`check_output` for every file a command writes (image, sidecar ...), before any work.
+
+    An output that is one of the ``inputs`` or an input image's JSON sidecar is refused unless
+    ``overwrite_input``: ``-o sub-01_T1w.nii`` beside ``sub-01_T1w.nii.gz`` would replace its sidecar.
+    """
+    protected = {}
+    for i in inputs:
+        if i is not None:
+            protected[Path(i).resolve()] = str(i)
+            if _suffix(Path(i)):
+                protected[sidecar_path(i).resolve()] = f"the sidecar of {i}"
+    out = []
+    for o in outputs:
+        p = Path(o)
+        hit = protected.get(p.resolve())
+        if hit is not None and not overwrite_input:
+            raise InputError(f"output {p} would replace {hit}; choose another output name "
+                             "(or pass --overwrite-input to replace an input on purpose)")
+        if p.exists() and not (overwrite or (hit is not None and overwrite_input)):
+            raise InputError(f"output {p} exists; pass --overwrite to replace it")
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise InputError(f"output folder {parent} is not writable")
+        out.append(p)
+    return out
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file beside ``path``, then rename: never a partial file at ``path``.
+
+    The file gets the usual mode (0666 less the umask), not mkstemp's 0600, so colleagues sharing a lab
+    folder can read it. Temporaries a killed run left behind (``.NAME.*.tmp*``) are removed first.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + _suffix(path))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -140,8 +198,15 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_image(img, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write an image atomically (temporary file, then rename)."""
+    """Write an image atomically (temporary file, then rename).
+
+    MGH/MGZ stores float32 at most: float64 data is converted with a warning (nothing is lost silently)."""
     p = check_output(path, overwrite=overwrite)
+    if _suffix(p) in (".mgz", ".mgh") and img.get_data_dtype() == np.float64:
+        import warnings
+
+        warnings.warn(f"{p}: MGZ stores float32 at most; the float64 data is written as float32", stacklevel=2)
+        img = nib.MGHImage(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
     _atomic_write(p, lambda tmp: nib.save(img, tmp))
     return p
 

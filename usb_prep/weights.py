@@ -78,12 +78,10 @@ def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
         if (folder / MANIFEST).is_file():
             return folder
         break
-    lines = [f"  {what}: {p if p is not None else '(not set)'}" for what, p in places]
-    raise WeightsError(
-        "No usable usb_prep weights (a folder with usb.json and its .safetensors files). Looked at, in order:\n"
-        + "\n".join(lines)
-        + "\nThe first place given is used; fix or unset it."
-    )
+    given = next(((what, p) for what, p in places if p is not None), None)
+    order = "; ".join(f"{what}: {p if p is not None else '(not set)'}" for what, p in places)
+    raise WeightsError(f"no usable weights: {given[1] if given else 'nothing'} has no usb.json (the first place "
+                       f"given is used: {order}; fix or unset it)")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -134,6 +132,8 @@ def _checked_state(folder: Path, entry: dict, what: str):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise WeightsError(f"{folder / MANIFEST}: the {what} entry needs 'file' and 'sha256'")
     path = folder / entry["file"]
     if not path.is_file():
         raise WeightsError(f"{what} missing: {path}")
@@ -159,7 +159,7 @@ def _save_state(module, path: Path, skip: str | None = None) -> str:
 def load_model(weights: str | os.PathLike | None = None, role: str = "fill", device: str | torch.device = "cpu"):
     """Load the model for ``role`` from the resolved folder; checks its sha256.
 
-    Returns ``(model, info)`` with ``info = {"folder", "file", "sha256", "role"}``.
+    Returns ``(model, info)`` with ``info = {"weights", "file", "sha256", "role", "preset"}`` (``weights``: "packaged default" or the folder given).
     """
     from .diffusion.model import USBModel
 
@@ -181,10 +181,12 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
             model.fill_settings = from_manifest(man, model.refiner is not None)
         except ValueError as e:
             raise WeightsError(f"{folder / MANIFEST}: {e}") from e
-    model.eval().to(device)
+    model.eval().requires_grad_(False).to(device)  # inference only: no autograd graph, no gradient memory
     if cfg.mode == "latent":
         warn_if_slow(cfg, device)
-    info = {"folder": str(folder), "file": str(path), "sha256": digest, "role": role, "preset": cfg.name}
+    packaged = folder.resolve() == packaged_weights_dir()
+    info = {"weights": "packaged default" if packaged else str(folder), "file": path.name, "sha256": digest,
+            "role": role, "preset": cfg.name}
     if getattr(model, "refiner", None) is not None:
         info["refiner_sha256"] = man["refiner"]["sha256"]  # checked by load_refiner
     log.debug("loaded %s", info)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from usb_prep.fill.settings import METHODS, FillSettings, packaged
 
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network (before nipype is imported)
+
 LOGGER = logging.getLogger("usb_prep.bids_app")
 
 EXIT_OK, EXIT_SUBJECTS_FAILED, EXIT_USAGE, EXIT_DEPENDENCY = 0, 1, 2, 3
@@ -56,6 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="derivatives folder with sub-X[_ses-Y]_..._label-<kind>_..._mask.nii.gz files")
     m.add_argument("--heal-without-mask", action="store_true",
                    help="subjects without a mask are healed mask-free instead of skipped")
+    m.add_argument("--resample-mask", action="store_true",
+                   help="resample masks on another grid onto the T1w (linear, threshold 0.5)")
     f = p.add_argument_group("filling")
     f.add_argument("--method", choices=METHODS, default="usb",
                    help="diffusion model (usb) or a classical filler")
@@ -96,7 +100,9 @@ class Plan:
 
     entries: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (key, reason)
-    expected: dict = field(default_factory=dict)  # key -> derivative paths that prove success
+    expected: dict = field(default_factory=dict)  # key -> derivative paths this run writes
+    unknown: list = field(default_factory=list)  # participant labels asked for that the dataset lacks
+    wf_names: dict = field(default_factory=dict)  # subject workflow name -> key
 
 
 def _add_setting_options(group) -> None:
@@ -113,7 +119,7 @@ def _add_setting_options(group) -> None:
 
 
 def _fill_options(opts) -> dict:
-    out = {"method": opts.method, "seed": opts.seed, "use_gpu": opts.use_gpu}
+    out = {"method": opts.method, "seed": opts.seed, "use_gpu": opts.use_gpu, "resample_mask": opts.resample_mask}
     if opts.weights:
         out["weights"] = str(opts.weights)
     given = {k: getattr(opts, k) for k in FillSettings.names() if getattr(opts, k) is not None}
@@ -168,7 +174,8 @@ def build_workflow(opts) -> tuple:
         opts.bids_dir, participant_labels=opts.participant_label, session_labels=opts.session_label,
         mask_kind=opts.mask_kind, masks_dir=opts.masks_dir,
     )
-    plan = Plan(skipped=[(p.split(":")[0], p.split(":", 1)[1].strip()) for p in problems])
+    plan = Plan(skipped=[(p.split(":")[0], p.split(":", 1)[1].strip()) for p in problems if "not found" not in p],
+                unknown=[p for p in problems if "not found" in p])
     wf = pe.Workflow(name="usb_prep_wf", base_dir=str(Path(opts.work_dir).absolute()))
     label = opts.fs_lesion_label if opts.fs_lesion_label == "hemi" else int(opts.fs_lesion_label)
     for entry in inputs:
@@ -189,6 +196,7 @@ def build_workflow(opts) -> tuple:
         )
         wf.add_nodes([sub_wf])
         plan.entries.append(entry)
+        plan.wf_names[sub_wf.name] = entry.key
         plan.expected[entry.key] = [
             output_dir / core.derivative_name(entry, desc=core.FILLED_DESC[opts.mask_kind], suffix="T1w"),
             output_dir / f"{entry.key}.html",
@@ -196,7 +204,38 @@ def build_workflow(opts) -> tuple:
     if opts.stop_on_first_crash:
         wf.config["execution"]["stop_on_first_crash"] = True
     wf.config["execution"]["crashfile_format"] = "txt"
+    # this run's crash files in the work folder (never the current directory), one folder per run
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+    wf.config["execution"]["crashdump_dir"] = str(Path(opts.work_dir).absolute() / "crash" / run_id)
     return (wf if plan.entries else None), plan
+
+
+def failed_subjects(crash_dir: Path, plan: Plan) -> dict:
+    """Subjects whose nodes crashed in this run (from its crash files): key -> crash file."""
+    out = {}
+    for f in sorted(crash_dir.glob("crash-*.txt")) if crash_dir.is_dir() else []:
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith("Node: "):
+                parts = line[6:].strip().split(".")
+                key = plan.wf_names.get(parts[1]) if len(parts) > 1 else None
+                if key:
+                    out.setdefault(key, f)
+                break
+    return out
+
+
+def remove_stale(paths) -> list[Path]:
+    """Remove a failed subject's outputs left by an earlier run (and their JSON sidecars): they are not this
+    run's results."""
+    from usb_prep.io import sidecar_path
+
+    gone = []
+    for p in paths:
+        for q in (p, sidecar_path(p)) if p.name.endswith((".nii.gz", ".nii")) else (p,):
+            if q.exists():
+                q.unlink()
+                gone.append(q)
+    return gone
 
 
 def _plugin(opts) -> tuple[str, dict]:
@@ -233,6 +272,7 @@ def main(argv=None) -> int:
     """Entry point of ``usb-prep``; returns the exit code."""
     opts = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(opts.verbose, 2), format="%(levelname)s %(message)s")
+    logging.getLogger("nipype").propagate = False  # nipype has its own handler: every line once, not twice
     if not opts.skip_bids_validation:
         problems = _validate(opts.bids_dir)
         if problems:
@@ -244,25 +284,40 @@ def main(argv=None) -> int:
         for msg in deps:
             LOGGER.error(msg)
         return EXIT_DEPENDENCY
+    try:
+        FillSettings().replace(**_fill_options(opts).get("fill_settings", {}))
+    except ValueError as e:
+        LOGGER.error("%s", e)
+        return EXIT_USAGE
     wf, plan = build_workflow(opts)
+    if plan.unknown:
+        for msg in plan.unknown:
+            LOGGER.error("%s (check --participant-label)", msg)
+        return EXIT_USAGE
     for key, reason in plan.skipped:
         LOGGER.warning("%s skipped: %s", key, reason)
-    opts.output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(opts)
     if wf is None:
         LOGGER.error("nothing to run")
         return EXIT_SUBJECTS_FAILED
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(opts)
     if opts.write_graph:
         wf.write_graph(graph2use="colored", format="svg", simple_form=True)
     plugin, plugin_args = _plugin(opts)
+    crash_dir = Path(wf.config["execution"]["crashdump_dir"])
     started = time.time()
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"
-        LOGGER.error("some nodes failed: %s", err)
-    failed = [key for key, paths in plan.expected.items() if not all(p.exists() for p in paths)]
+    except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"; the nodes' errors are in crash files
+        LOGGER.error("some nodes failed: %s", str(err).splitlines()[0])
+    # success is this run's result: a crashed subject failed even where an earlier run's outputs exist
+    crashed = failed_subjects(crash_dir, plan)
+    failed = [key for key, paths in plan.expected.items() if key in crashed or not all(p.exists() for p in paths)]
     for key in failed:
-        LOGGER.error("%s failed (see crash files in %s)", key, opts.work_dir)
+        gone = remove_stale(plan.expected[key]) if key in crashed else []
+        where = crashed.get(key, crash_dir)
+        LOGGER.error("%s failed (crash file: %s)%s", key, where,
+                     f"; removed {len(gone)} stale output(s) of an earlier run" if gone else "")
     LOGGER.info("finished in %.0f s", time.time() - started)
     ok = [k for k in plan.expected if k not in failed]
     print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")

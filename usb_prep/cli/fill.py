@@ -22,26 +22,36 @@ _seed = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, sho
                      help="Random seed (same seed, same output).")
 _steps = click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps (default: the model's).")
 _threads = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's).")
-_overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+_overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs (image and sidecar).")
+_overwrite_input = click.option("--overwrite-input", is_flag=True,
+                                help="Allow an output to replace an input or its sidecar (refused otherwise).")
 _quiet = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
 def _fail(msg: str, code: int = EXIT_INPUT):
-    click.echo(f"usb-fill: error: {msg}", err=True)
+    ctx = click.get_current_context(silent=True)
+    click.echo(f"{ctx.info_name if ctx else 'usb-fill'}: error: {msg}", err=True)
     sys.exit(code)
 
 
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the atomic writes, which remove their temporaries
+
+
 def _run(fn):
-    """Turn library errors into one-line messages and exit codes."""
+    """Turn library errors into one-line messages and exit codes (2: input or usage, 1: a failure)."""
+    import signal
+
     from usb_prep.io import InputError
     from usb_prep.weights import WeightsError
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return fn()
-    except (InputError, WeightsError, ValueError, FileExistsError) as e:
-        _fail(str(e))
-    except RuntimeError as e:
-        _fail(str(e), EXIT_FAIL)
+    except (InputError, WeightsError, ValueError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except (RuntimeError, OSError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, EXIT_FAIL)
 
 
 def _write(result, out: Path, overwrite: bool, extra: dict):
@@ -49,7 +59,7 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 
     save_image(result.image, out, overwrite=overwrite)
     side = sidecar_path(out)
-    write_sidecar(side, {**result.settings, **extra, "messages": result.messages})
+    write_sidecar(side, {**result.settings, **extra, "messages": result.messages}, overwrite=overwrite)
     for msg in result.messages:
         click.echo(f"note: {msg}", err=True)
     click.echo(f"wrote {out}")
@@ -71,7 +81,7 @@ def _setting_options(fn):
     return fn
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("usb-fill", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image", type=click.Path(), required=False)
 @click.argument("mask", type=click.Path(), required=False)
 @click.option("-o", "--output", type=click.Path(), help="Output image (.nii.gz, .nii or .mgz).")
@@ -87,12 +97,13 @@ def _setting_options(fn):
 @click.option("--mask-kind", type=click.Choice(["lesion", "artifact"]), default="lesion", show_default=True,
               help="What the mask marks; recorded in the sidecar (filling is the same).")
 @_overwrite
+@_overwrite_input
 @_quiet
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, seed, device, weights, threads, resample_mask, mask_kind, overwrite, quiet,
-         demo_dir, verbose, **settings):
+def main(image, mask, output, method, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
+         overwrite_input, quiet, demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -112,18 +123,19 @@ def main(image, mask, output, method, seed, device, weights, threads, resample_m
 
     def go():
         from usb_prep.api import fill_lesion
-        from usb_prep.io import check_output
+        from usb_prep.io import check_output, check_outputs, sidecar_path
 
-        out = check_output(output, overwrite=overwrite)  # fail before any work
+        out = check_output(output, overwrite=True)  # the name; existence is checked with the sidecar's below
+        check_outputs([out, sidecar_path(out)], [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
         res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
                           resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
                           **settings)
-        _write(res, out, overwrite, {"input": str(image), "mask": str(mask) if mask else None})
+        _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("usb-embed", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image", type=click.Path())
 @click.argument("mask", type=click.Path())
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output image.")
@@ -135,23 +147,26 @@ def main(image, mask, output, method, seed, device, weights, threads, resample_m
 @_threads
 @click.option("--resample-mask", is_flag=True, help="Resample a mask on another grid onto the image.")
 @_overwrite
+@_overwrite_input
 @_quiet
-def embed(image, mask, output, steps, t_start, seed, device, weights, threads, resample_mask, overwrite, quiet):
+def embed(image, mask, output, steps, t_start, seed, device, weights, threads, resample_mask, overwrite,
+          overwrite_input, quiet):
     """Embed a lesion: paint MASK (1 = lesion) into the healthy IMAGE (healthy-to-pathology)."""
 
     def go():
         from usb_prep.api import embed_lesion
-        from usb_prep.io import check_output
+        from usb_prep.io import check_output, check_outputs, sidecar_path
 
-        out = check_output(output, overwrite=overwrite)
+        out = check_output(output, overwrite=True)
+        check_outputs([out, sidecar_path(out)], [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
         res = embed_lesion(image, mask, weights=weights, steps=steps, t_start=t_start, seed=seed, device=device,
                            progress=not quiet, resample_mask=resample_mask, num_threads=threads)
-        _write(res, out, overwrite, {"input": str(image), "mask": str(mask)})
+        _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask)})
 
     _run(go)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("usb-generate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-o", "--output-dir", type=click.Path(), required=True, help="Folder for brain.nii.gz and lesion.nii.gz.")
 @click.option("--mask", type=click.Path(), default=None, help="Generate the brain for this lesion mask instead of a pair.")
 @_steps
@@ -166,24 +181,36 @@ def generate(output_dir, mask, steps, seed, device, weights, threads, overwrite,
 
     def go():
         from usb_prep import api
-        from usb_prep.io import check_output, save_image, write_sidecar
+        from usb_prep.io import InputError, check_outputs, load_image, save_image, write_sidecar
 
         out = Path(output_dir)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"output folder {out} is a file")
+        if mask:
+            load_image(mask, what="mask")  # a bad mask fails before the folder is made
+        names = ["brain.nii.gz", "brain.json"] + ([] if mask else ["lesion.nii.gz"])
+        made = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        brain_p = check_output(out / "brain.nii.gz", overwrite=overwrite)
+        try:
+            check_outputs([out / n for n in names], [mask], overwrite=overwrite)
+        except InputError:
+            if made:
+                out.rmdir()
+            raise
+        brain_p = out / "brain.nii.gz"
         settings = {"seed": seed, "steps": steps, "mask": mask}
         if mask:
             brain = api.generate_from_mask(mask, weights=weights, steps=steps, seed=seed, device=device,
                                            progress=not quiet, num_threads=threads)
             save_image(brain, brain_p, overwrite=overwrite)
         else:
-            les_p = check_output(out / "lesion.nii.gz", overwrite=overwrite)
+            les_p = out / "lesion.nii.gz"
             brain, lesion = api.generate_pair(weights=weights, steps=steps, seed=seed, device=device,
                                               progress=not quiet, num_threads=threads)
             save_image(brain, brain_p, overwrite=overwrite)
             save_image(lesion, les_p, overwrite=overwrite)
             click.echo(f"wrote {les_p}")
-        write_sidecar(out / "brain.json", settings)
+        write_sidecar(out / "brain.json", settings, overwrite=overwrite)
         click.echo(f"wrote {brain_p}")
 
     _run(go)
