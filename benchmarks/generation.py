@@ -1,4 +1,4 @@
-"""Generation tasks in the benchmark: distribution distances to real brains, and example pictures.
+"""Generation tasks: distribution distances to real brains, and example pictures.
 
 Real set: every prepared brain (training brains and the held-out one) averaged down to the
 generation model's grid.  Features: ``usb_prep.metrics.image_features`` (a fixed random-weight
@@ -118,3 +118,24 @@ def markdown(res: dict) -> str:
     lines += ["", f"Lesion voxels per pair: {res['lesion_voxels']}; share inside the brain: "
               f"{[round(x, 2) for x in res['lesion_inside_brain']]}", "", "![generation](fig_generation.png)", ""]
     return "\n".join(lines)
+
+
+def main(argv=None):
+    """``python benchmarks/generation.py [--brains DIR] [--n 4] [--steps 25]`` -> results/generation.md."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--brains", default="/work/cache/brains")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--weights", default=None)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--steps", type=int, default=25)
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_generation(out, Path(a.brains), weights=a.weights, n=a.n, steps=a.steps)
+    (out / "generation.md").write_text("# Generation" + markdown(res))
+
+
+if __name__ == "__main__":
+    main()
