@@ -228,22 +228,28 @@ def test_fill_array_keeps_outside_exactly():
     assert not np.array_equal(out[m], v[m])
 
 
-def test_patch_weight_averages_model_and_classical_fills():
-    """patch_weight w: (1 - w) model fill + w patch fill in the mask; w = 1 is the patch filler itself."""
+def _tiny_case():
+    """An untrained tiny model (seed 0) and the phantom: (model, image, mask, affine, fill keywords)."""
     from conftest import phantom
 
-    from usb_prep.classical import fill_nlm, fill_patch
     from usb_prep.config import preset
-    from usb_prep.classical import coarse_guide
-    from usb_prep.mirror import mirror_lr
     from usb_prep.diffusion.model import USBModel
-    from scipy import ndimage
 
     torch.manual_seed(0)
     model = USBModel(preset("tiny")).eval()
     img, les, _, aff = phantom()
     v, m = (img / img.max()).astype(np.float32), les.astype(bool)
-    kw = dict(model=model, steps=STEPS, device="cpu", affine=aff, seed=3)
+    return model, v, m, aff, dict(model=model, steps=STEPS, device="cpu", affine=aff, seed=3)
+
+
+def test_patch_weight_averages_model_and_classical_fills():
+    """patch_weight w: (1 - w) model fill + w patch fill in the mask; w = 1 is the patch filler itself."""
+    from scipy import ndimage
+
+    from usb_prep.classical import coarse_guide, fill_nlm, fill_patch
+    from usb_prep.mirror import mirror_lr
+
+    model, v, m, aff, kw = _tiny_case()
     alone = api.fill_array(v, m, patch_weight=0.0, **kw)
     classic = fill_patch(v, m, np.random.default_rng(3), brain=v > 0)
     assert np.allclose(api.fill_array(v, m, patch_weight=1.0, **kw)[m], classic[m], atol=1e-6)
@@ -328,17 +334,9 @@ def test_ring_bias_follows_local_offsets_of_thin_lesions():
 
 def test_fill_parts_and_explicit_stages():
     """run_fill returns every part; stages are chosen explicitly or follow from the settings."""
-    from conftest import phantom
-
-    from usb_prep.config import preset
-    from usb_prep.diffusion.model import USBModel
     from usb_prep.fill.refiner import Refiner
 
-    torch.manual_seed(0)
-    model = USBModel(preset("tiny")).eval()
-    img, les, _, aff = phantom()
-    v, m = (img / img.max()).astype(np.float32), les.astype(bool)
-    kw = dict(model=model, steps=STEPS, device="cpu", affine=aff, seed=3)
+    model, v, m, aff, kw = _tiny_case()
     parts = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, **kw)
     assert parts.stages == ("model", "patch", "nlm", "blend")
     assert parts.patch.shape == parts.nlm.shape == parts.blend.shape == (m.sum(),)

@@ -131,14 +131,7 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     p = Path(path)
     if not _suffix(p):
         raise InputError(f"output {p}: name must end in one of {', '.join(SUFFIXES)}")
-    if p.exists() and not overwrite:
-        raise InputError(f"output {p} exists; pass --overwrite to replace it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable")
-    return p
+    return check_outputs([p], overwrite=overwrite)[0]
 
 
 def check_outputs(outputs, inputs=(), *, overwrite: bool = False, overwrite_input: bool = False) -> list[Path]:

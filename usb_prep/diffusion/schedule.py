@@ -96,9 +96,7 @@ class NoiseSchedule(nn.Module):
         Returns ``(x_prev, x0_hat)``.
         """
         x0_hat = self.predict_x0(x_t, eps, t)  # x0 = (x_t - sqrt(1-a_t) eps) / sqrt(a_t)
-        a_prev = self._bcast(self.abar(t_prev), x_t)
-        x_prev = a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps  # eta = 0: no fresh noise
-        return x_prev, x0_hat
+        return self.step_from(eps, x0_hat, t_prev), x0_hat  # the one DDIM update the samplers use
 
 
 def step_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
