@@ -5,7 +5,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ._common import ants_binary_available, connect_dseg, init_fill_front, repeat, template_nodes
+from ._common import ants_binary_available, connect_dseg, repeat, template_nodes
+from .fill import init_fill_front
 
 
 def _nipype_registration(omp_nthreads: int, quick: bool):

@@ -81,3 +81,19 @@ def init_lesion_fill_wf(
         (fill, outputnode, [(field, field) for field in FILL_OUTPUTS]),
     ])
     return wf
+
+
+def init_fill_front(name, fill_options=None, inputs=(), outputs=()):
+    """Workflow whose inputnode feeds the fill workflow, whose outputs reach outputnode.
+
+    Returns ``(wf, inputnode, outputnode, fill_wf)``; ``fill_options`` are the
+    keyword arguments of :func:`~usb_prep.pipelines.fill.init_lesion_fill_wf`.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode, outputnode = io_nodes(inputs, outputs)
+    fill_wf = init_lesion_fill_wf(**(fill_options or {}))
+    wf.connect([
+        (inputnode, fill_wf, [("in_file", "inputnode.in_file"), ("mask_file", "inputnode.mask_file")]),
+        (fill_wf, outputnode, [(f"outputnode.{field}", field) for field in FILL_OUTPUTS]),
+    ])
+    return wf, inputnode, outputnode, fill_wf

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ._common import init_fill_front
+from .fill import init_fill_front
 
 
 def _pick_aparc_aseg(in_files):

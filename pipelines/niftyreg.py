@@ -6,7 +6,8 @@ import os
 
 from nipype.pipeline import engine as pe
 
-from ._common import connect_dseg, init_fill_front, template_nodes
+from ._common import connect_dseg, template_nodes
+from .fill import init_fill_front
 
 
 def find_niftyreg_dir(niftyreg_dir: str | None = None) -> str | None:

@@ -4,7 +4,7 @@ The core is pure PyTorch/MONAI.  Importing this package is cheap: the API
 functions load torch on first use.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = (
     "fill_lesion", "embed_lesion", "generate_pair", "generate_from_mask",

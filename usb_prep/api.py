@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from . import __version__
+from ._version import __version__
 from .embed import embed_array
 from .fill.context import FillContext
-from .fill.detect import detect_array
+from .fill import detect
 from .fill.pipeline import FillParts, run_fill, settings_for
 from .fill.settings import METHODS, FillSettings
 from .io import get_data, like_input, load_image, mask_array
@@ -102,6 +102,12 @@ def fill_parts(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None,
 def fill_array(image: np.ndarray, mask: np.ndarray, **kw) -> np.ndarray:
     """The final fill of :func:`fill_parts` (same arguments): a new array, voxels outside ``mask`` unchanged."""
     return fill_parts(image, mask, **kw).final
+
+
+def detect_array(image: np.ndarray, *, model=None, weights=None, device="auto", **kw) -> np.ndarray:
+    """USB_lesion's estimate of the lesion in ``image`` (:func:`usb_prep.fill.detect.detect_array`)."""
+    dev = resolve_device(device)
+    return detect.detect_array(image, _model(model, weights, "fill", dev), device=dev, **kw)
 
 
 def heal_array(image: np.ndarray, *, model=None, weights=None, detect_steps: int = 6, seed: int = 0, device="auto",

@@ -11,7 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fill.settings import DROPPED_KEYS, LEGACY_KEYS
+
+# Model-config keys of weights written before the settings had their own block (``default_<name>``).
+LEGACY_KEYS = {f"default_{n}": n for n in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",
+                                            "nlm_coarse", "nlm_mirror", "patch_mirror", "smooth")}
+DROPPED_KEYS = ("default_t_start", "gamma0", "k", "lam")  # never read; dropped from old configs
 
 
 @dataclass(frozen=True)

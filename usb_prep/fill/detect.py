@@ -7,13 +7,12 @@ import torch
 
 from .. import crops
 from ..diffusion import sampling
-from ..runtime import generator, resolve_device
-from ..weights import load_model
+from ..runtime import generator
 from .model_fill import pad_to, zoom_to
 
 
 @torch.inference_mode()
-def detect_array(image: np.ndarray, *, model=None, weights=None, steps: int = 6, seed: int = 0, device="auto",
+def detect_array(image: np.ndarray, model, *, steps: int = 6, seed: int = 0, device="cpu",
                  brain: np.ndarray | None = None, threshold: float = 0.5, voxel_size=(1.0, 1.0, 1.0),
                  detect_mm: float = 1.5) -> np.ndarray:
     """USB_lesion's estimate of the lesion in ``image`` (boolean), restricted to ``brain``.
@@ -21,8 +20,7 @@ def detect_array(image: np.ndarray, *, model=None, weights=None, steps: int = 6,
     The lesion chain runs against the image noised to each step, on a ``detect_mm`` grid: the
     whole brain at 1 mm costs about a minute per step on a CPU, at 1.5 mm a few seconds.
     """
-    dev = resolve_device(device)
-    model = model if model is not None else load_model(weights, "fill", dev)[0]
+    dev = torch.device(device)
     fg = image > 0.05 if brain is None else brain
     if not fg.any():
         return np.zeros(image.shape, bool)

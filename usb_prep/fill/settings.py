@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import LEGACY_KEYS
+
 METHODS = ("usb", "wmstats", "patch", "nlm")  # usb: the diffusion model; the rest: classical fillers
 STAGES = ("model", "patch", "nlm", "blend", "refine")  # the fill pipeline's stages, in order
 
@@ -97,12 +99,6 @@ class FillSettings:
         if self.refine:
             chosen.append("refine")
         return tuple(chosen)
-
-
-# Model-config keys of weights written before the settings had their own block (``default_<name>``).
-LEGACY_KEYS = {f"default_{n}": n for n in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",
-                                            "nlm_coarse", "nlm_mirror", "patch_mirror", "smooth")}
-DROPPED_KEYS = ("default_t_start", "gamma0", "k", "lam")  # never read; dropped from old configs
 
 
 def from_manifest(manifest: dict, has_refiner: bool) -> FillSettings:
