@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cases import load_brain, make_cases, scores
+from cases import FAMILIES, load_brain, make_cases, scores
 
 HERE = Path(__file__).resolve().parent
 
 
 def cases(args):
     b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    return make_cases([b], Path(args.data), 2, families=("train",), seed0=1000, skip=2)
+    return make_cases([b], Path(args.data), 2, families=tuple(args.families), seed0=1000, skip=2)
 
 
 def main(argv=None):
@@ -42,6 +42,8 @@ def main(argv=None):
     p.add_argument("--set", default="{}", help="fill settings to change, as JSON")
     p.add_argument("--out", default=None, help="default: results/validation.md (validation_sweep.md)")
     p.add_argument("--sweep", action="store_true", help="score a grid of patch / nlm blend weights")
+    p.add_argument("--families", nargs="+", default=["train"], choices=FAMILIES, help="lesion painting families")
+    p.add_argument("--no-patch", action="store_true", help="skip the patch filler's rows")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model, info = load_model(args.weights, "fill", "cpu")
@@ -50,21 +52,25 @@ def main(argv=None):
     cmd = "python benchmarks/validation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.sweep:
         return sweep(model, info, data, given, Path(args.out or HERE / "results" / "validation_sweep.md"), cmd)
-    rows, means = [], {"patch": [], "usb": []}
+    rows, means = [], {}
     for c in data:
-        for method, fn in (("patch", lambda: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain_mask)),
-                           ("usb", lambda: api.fill_array(c.image, c.mask, model=model, device="cpu", affine=c.affine,
-                                                          **given))):
+        methods = [("usb", lambda: api.fill_array(c.image, c.mask, model=model, device="cpu", affine=c.affine,
+                                                  **given))]
+        if not args.no_patch:
+            methods.insert(0, ("patch", lambda: fill_patch(c.image, c.mask, np.random.default_rng(0),
+                                                           brain=c.brain_mask)))
+        for method, fn in methods:
             t0 = time.time()
             r = scores(fn(), c)
-            means[method].append((r["psnr"], r["ssim"]))
-            rows.append(f"| {c.category} | {c.mask_name} | {method} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+            means.setdefault(f"{method} ({c.family})", []).append((r["psnr"], r["ssim"]))
+            rows.append(f"| {c.family} | {c.category} | {c.mask_name} | {method} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                         f"{time.time() - t0:.1f} |")
             print(rows[-1], flush=True)
     lines = ["# Validation set (fill settings are chosen here)", "",
              f"Command: `{cmd.strip()}`; fill weights sha256 {info['sha256'][:12]}, settings "
              f"{model.fill_settings.replace(**given).to_dict()}; 2 CPU threads.", "",
-             "| category | mask | method | PSNR in | SSIM in | time s |", "|---|---|---|---|---|---|", *rows, "",
+             "| family | category | mask | method | PSNR in | SSIM in | time s |", "|---|---|---|---|---|---|---|", *rows,
+             "",
              "| method | mean PSNR in | mean SSIM in |", "|---|---|---|"]
     lines += [f"| {k} | {np.mean([a for a, _ in v]):.2f} | {np.mean([b for _, b in v]):.3f} |" for k, v in means.items()]
     Path(args.out or HERE / "results" / "validation.md").write_text("\n".join(lines) + "\n")

@@ -360,6 +360,23 @@ def test_fill_parts_and_explicit_stages():
         api.fill_array(v, m, t_start=99999, **kw)
 
 
+def test_ring_treats_the_masks_surroundings_as_unknown_and_writes_only_the_mask():
+    """ring r: every stage fills the mask grown by r voxels (a dark rim the mask missed is not copied inwards);
+    only the mask's own voxels change."""
+    from scipy import ndimage
+
+    model, v, m, aff, kw = _tiny_case()
+    dark = v.copy()
+    rim = ndimage.binary_dilation(m) & ~m
+    dark[rim] = 0.05  # the lesion's rim, outside the mask
+    settings = dict(patch_weight=0.0, nlm_weight=1.0)
+    plain = api.fill_parts(dark, m, **settings, **kw)
+    ringed = api.fill_parts(dark, m, ring=1, **settings, **kw)
+    assert np.array_equal(ringed.mask, ndimage.binary_dilation(m) & ((dark > 0) | m)) and plain.mask.sum() == m.sum()
+    assert np.array_equal(ringed.final[~m], dark[~m])  # outside the mask: the input, bit for bit
+    assert ringed.final[m].mean() > plain.final[m].mean() + 0.05  # brighter: the dark rim was not copied in
+
+
 def test_fill_settings_validate_every_value():
     from usb_prep.fill.settings import FillSettings
 

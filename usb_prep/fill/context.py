@@ -36,6 +36,14 @@ class FillContext:
         """The image reflected across its left-right midline, lesion voxels left out (zero)."""
         return mirror_lr(self.image, self.affine, exclude=self.mask)
 
+    def widened(self, ring: int) -> "FillContext":
+        """The same call with the mask grown by ``ring`` voxels within the head (the stages fill that; the
+        caller writes back only the original mask)."""
+        from scipy import ndimage
+
+        grown = ndimage.binary_dilation(self.mask, iterations=ring) & (self.brain | self.mask)
+        return FillContext(self.image, grown, self.affine, self.voxel_size, self.seed)
+
     def whole(self, values: np.ndarray) -> np.ndarray:
         """A whole image: ``values`` (the mask's voxels) inside the mask, the image elsewhere."""
         out = self.image.copy()

@@ -24,7 +24,8 @@ from .settings import STAGES, FillSettings
 @dataclass
 class FillParts:
     """The parts of one fill. ``model`` and ``final`` are whole images; ``patch``, ``nlm`` and ``blend`` the
-    mask's voxels (None where the stage did not run)."""
+    working mask's voxels (None where the stage did not run). The working mask is the mask grown by the
+    ``ring`` setting (the mask itself by default); ``final`` differs from the image only inside the mask."""
 
     model: np.ndarray
     patch: np.ndarray | None = None
@@ -32,6 +33,7 @@ class FillParts:
     blend: np.ndarray | None = None
     final: np.ndarray | None = None
     stages: tuple[str, ...] = ()
+    mask: np.ndarray | None = None  # the working mask
     seconds: dict = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -55,6 +57,9 @@ def check_stages(stages, settings: FillSettings, refiner) -> tuple[str, ...]:
 def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, device="cpu",
              progress: bool = False) -> FillParts:
     """Fill ``ctx.mask`` in ``ctx.image`` by ``stages`` (default: those ``settings`` need)."""
+    given = ctx
+    if settings.ring:
+        ctx = ctx.widened(settings.ring)
     refiner = getattr(model, "refiner", None)
     stages = check_stages(stages, settings, refiner)
     if settings.t_start is not None and not 0 <= settings.t_start < model.cfg.num_train_timesteps:
@@ -71,11 +76,11 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
 
     try:
         bar.stage("model")
-        parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages)
+        parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages, mask=ctx.mask)
         parts.seconds["model"] = time.perf_counter() - clock[0]
         clock[0] = time.perf_counter()
         if not ctx.mask.any():
-            parts.final = parts.model
+            parts.final = given.image.copy()
             return parts
         if "patch" in stages:
             bar.stage("patch")
@@ -105,7 +110,7 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
                                  ctx.whole(parts.nlm), final)
             final = ctx.whole(values)
             done("refine")
-        parts.final = final
+        parts.final = final if ctx is given else np.where(given.mask, final, given.image)
         return parts
     finally:
         bar.close()
