@@ -1,7 +1,7 @@
 """Validation set where fill settings are chosen (never the benchmark's cases).
 
-The held-out brain otsu_head x the 3rd and 4th fitting held-out masks of each category (the benchmark takes the
-first ones), painted with the training synthesis; in-mask PSNR / SSIM of the fill and of the patch filler.
+The held-out brain otsu_head x the 3rd, 4th ... fitting held-out masks of each category (the benchmark takes the
+first one), painted by ``--families``; in-mask PSNR / SSIM of the fill and of the patch filler.
 
     python benchmarks/validation.py [--weights DIR] [--set '{"margin": 1}'] -> benchmarks/results/validation.md
     python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 def cases(args):
     b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    return make_cases([b], Path(args.data), 2, families=tuple(args.families), seed0=1000, skip=2)
+    return make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2)
 
 
 def main(argv=None):
@@ -44,6 +44,7 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="score a grid of patch / nlm blend weights")
     p.add_argument("--families", nargs="+", default=["train"], choices=FAMILIES, help="lesion painting families")
     p.add_argument("--no-patch", action="store_true", help="skip the patch filler's rows")
+    p.add_argument("--per-category", type=int, default=2, help="masks per category (after the benchmark's)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model, info = load_model(args.weights, "fill", "cpu")
