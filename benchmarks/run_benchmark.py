@@ -9,7 +9,8 @@ One command (about an hour on 2 cores; NiftySeg's outputs are cached, so reruns 
     python benchmarks/run_benchmark.py [--cap 600] [--per-category 1] [--threads 2]
 
 Writes ``results.md`` (one table per brain and their mean, the BraTS case), ``results.json`` and the plots
-``time_vs_volume.png`` / ``time_vs_lesions.png`` to ``--out``. Cases: :mod:`cases`.
+``time_vs_volume.png`` / ``time_vs_lesions.png`` to ``--out``, and ``headline.md``, the README's table.
+Cases: :mod:`cases`.
 """
 from __future__ import annotations
 
@@ -44,7 +45,39 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="CPU threads for usb_prep and NiftySeg")
     p.add_argument("--weights", default=None)
     p.add_argument("--no-brats", action="store_true")
+    p.add_argument("--headline", action="store_true", help="only rewrite headline.md from --out/results.json")
     return p.parse_args(argv)
+
+
+def headline(res: dict) -> str:
+    """The README's table: per brain and painting family, usb_prep vs the real NiftySeg (from results.json)."""
+    def m(xs):
+        return float(np.mean(xs)) if xs else float("nan")
+
+    lines = ["| brain / lesions | usb_prep PSNR / SSIM | NiftySeg PSNR / SSIM (finished) | lead where NiftySeg finished "
+             "| NiftySeg did not finish | usb_prep s | NiftySeg s |", "|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in res["cases"]:
+        groups.setdefault((r["brain"], r["family"]), []).append(r["results"])
+    for (brain, fam), rs in groups.items():
+        u, n = [r["usb"] for r in rs], [r["niftyseg"] for r in rs]
+        fin = [(a, b) for a, b in zip(u, n) if "psnr" in b]
+        lead = [a["psnr"] - b["psnr"] for a, b in fin]
+        lines.append(
+            f"| {brain} / {fam} | {m([a['psnr'] for a in u]):.2f} / {m([a['ssim'] for a in u]):.3f} | "
+            + (f"{m([b['psnr'] for _, b in fin]):.2f} / {m([b['ssim'] for _, b in fin]):.3f} ({len(fin)} of {len(rs)})"
+               if fin else "-")
+            + f" | {m(lead):+.2f} dB, ahead on {sum(x > 0 for x in lead)} of {len(lead)} | {len(rs) - len(fin)} of {len(rs)} |"
+            f" {min(a['seconds'] for a in u):.0f}-{max(a['seconds'] for a in u):.0f} |"
+            f" {min(b['seconds'] for b in n):.0f}-{max(b['seconds'] for b in n):.0f} |")
+    br = res.get("brats") or {}
+    if "usb" in br:
+        lines.append(f"| BraTS inpainting case (challenge metric) | {br['usb']['psnr']:.2f} / {br['usb']['ssim']:.3f} | "
+                     + (f"{br['niftyseg']['psnr']:.2f} / {br['niftyseg']['ssim']:.3f}" if "niftyseg" in br else
+                        br.get("niftyseg_status", "-"))
+                     + f" | Laplace fill: {br['laplace']['psnr']:.2f} / {br['laplace']['ssim']:.3f} | | "
+                     f"{br['usb']['seconds']:.0f} | {br['niftyseg']['seconds'] if 'niftyseg' in br else '-'} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_usb(model, c: Case, threads):
@@ -198,6 +231,9 @@ def main(argv=None):
 
     args = parse_args(argv)
     out_dir = Path(args.out)
+    if args.headline:
+        (out_dir / "headline.md").write_text(headline(json.loads((out_dir / "results.json").read_text())))
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -247,8 +283,10 @@ def main(argv=None):
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     rows = [{"case": c.name, "brain": c.brain, "family": c.family, "category": c.category, "ml": c.volume_ml,
              "lesions": c.lesions, "results": c.results} for c in cases]
-    (out_dir / "results.json").write_text(json.dumps({"command": cmd, "weights_sha256": info["sha256"],
-                                                     "cases": rows, "brats": br}, indent=1, default=float))
+    res = {"command": cmd, "weights_sha256": info["sha256"], "settings": model.fill_settings.to_dict(),
+           "cases": rows, "brats": br}
+    (out_dir / "results.json").write_text(json.dumps(res, indent=1, default=float))
+    (out_dir / "headline.md").write_text(headline(json.loads(json.dumps(res, default=float))))
     log(f"wrote {out_dir / 'results.md'}")
 
 
