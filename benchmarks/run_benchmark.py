@@ -51,32 +51,33 @@ def parse_args(argv=None):
 
 def headline(res: dict) -> str:
     """The README's table: per brain and painting family, usb_prep vs the real NiftySeg (from results.json)."""
-    def m(xs):
-        return float(np.mean(xs)) if xs else float("nan")
+    def m(xs, nd=2):
+        return f"{np.mean(xs):.{nd}f}" if xs else "-"
 
-    lines = ["| brain / lesions | usb_prep PSNR / SSIM | NiftySeg PSNR / SSIM (finished) | lead where NiftySeg finished "
-             "| NiftySeg did not finish | usb_prep s | NiftySeg s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| brain / lesions | where NiftySeg finished: usb_prep vs NiftySeg, PSNR dB (SSIM) | lead | "
+             "where NiftySeg did not finish: usb_prep vs Laplace, PSNR dB | usb_prep s | NiftySeg s |",
+             "|---|---|---|---|---|---|"]
     groups = {}
     for r in res["cases"]:
         groups.setdefault((r["brain"], r["family"]), []).append(r["results"])
     for (brain, fam), rs in groups.items():
-        u, n = [r["usb"] for r in rs], [r["niftyseg"] for r in rs]
-        fin = [(a, b) for a, b in zip(u, n) if "psnr" in b]
-        lead = [a["psnr"] - b["psnr"] for a, b in fin]
+        fin = [r for r in rs if "psnr" in r["niftyseg"]]
+        dnf = [r for r in rs if "psnr" not in r["niftyseg"]]
+        lead = [r["usb"]["psnr"] - r["niftyseg"]["psnr"] for r in fin]
         lines.append(
-            f"| {brain} / {fam} | {m([a['psnr'] for a in u]):.2f} / {m([a['ssim'] for a in u]):.3f} | "
-            + (f"{m([b['psnr'] for _, b in fin]):.2f} / {m([b['ssim'] for _, b in fin]):.3f} ({len(fin)} of {len(rs)})"
-               if fin else "-")
-            + f" | {m(lead):+.2f} dB, ahead on {sum(x > 0 for x in lead)} of {len(lead)} | {len(rs) - len(fin)} of {len(rs)} |"
-            f" {min(a['seconds'] for a in u):.0f}-{max(a['seconds'] for a in u):.0f} |"
-            f" {min(b['seconds'] for b in n):.0f}-{max(b['seconds'] for b in n):.0f} |")
+            f"| {brain} / {fam} | {m([r['usb']['psnr'] for r in fin])} ({m([r['usb']['ssim'] for r in fin], 3)}) vs "
+            f"{m([r['niftyseg']['psnr'] for r in fin])} ({m([r['niftyseg']['ssim'] for r in fin], 3)}), {len(fin)} cases"
+            f" | {np.mean(lead):+.2f} dB, ahead on {sum(x > 0 for x in lead)} of {len(lead)} | "
+            f"{m([r['usb']['psnr'] for r in dnf])} vs {m([r['laplace']['psnr'] for r in dnf])}, {len(dnf)} cases | "
+            f"{min(r['usb']['seconds'] for r in rs):.0f}-{max(r['usb']['seconds'] for r in rs):.0f} | "
+            f"{min(r['niftyseg']['seconds'] for r in rs):.0f}-{max(r['niftyseg']['seconds'] for r in rs):.0f} |")
     br = res.get("brats") or {}
     if "usb" in br:
-        lines.append(f"| BraTS inpainting case (challenge metric) | {br['usb']['psnr']:.2f} / {br['usb']['ssim']:.3f} | "
-                     + (f"{br['niftyseg']['psnr']:.2f} / {br['niftyseg']['ssim']:.3f}" if "niftyseg" in br else
-                        br.get("niftyseg_status", "-"))
-                     + f" | Laplace fill: {br['laplace']['psnr']:.2f} / {br['laplace']['ssim']:.3f} | | "
-                     f"{br['usb']['seconds']:.0f} | {br['niftyseg']['seconds'] if 'niftyseg' in br else '-'} |")
+        nif = (f"{br['niftyseg']['psnr']:.2f} ({br['niftyseg']['ssim']:.3f})" if "niftyseg" in br
+               else f"NiftySeg: {br.get('niftyseg_status', '-')}")
+        lines.append(f"| BraTS inpainting case, challenge metric | {br['usb']['psnr']:.2f} ({br['usb']['ssim']:.3f}) vs "
+                     f"{nif} | | Laplace: {br['laplace']['psnr']:.2f} ({br['laplace']['ssim']:.3f}) | "
+                     f"{br['usb']['seconds']:.0f} | |")
     return "\n".join(lines) + "\n"
 
 
