@@ -210,3 +210,28 @@ def test_refiner_flip_averaging_is_the_mean_over_flipped_inputs():
     img, mask, fills, blend = _parts()
     one, four = (refine_fill(net, img, mask, *fills, blend, flips=k) for k in (1, 4))
     assert one.shape == four.shape == (mask.sum(),) and not np.allclose(one, four)
+
+
+def test_refiner_skips_windows_without_lesion_voxels_same_result(monkeypatch):
+    """Scattered lesions: windows of the bounding box without mask voxels are not computed; the fill is the same."""
+    from usb_prep.fill import refiner as R
+
+    torch.manual_seed(0)
+    net = R.Refiner().eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # a refiner that changes the blend
+    shape = (64, 64, 64)
+    rng = np.random.default_rng(0)
+    img = rng.random(shape).astype(np.float32)
+    m = np.zeros(shape, bool)
+    m[14:18, 14:18, 14:18] = m[38:42, 38:42, 38:42] = True  # diagonal lesions: one box, empty corners
+    parts = [np.where(m, rng.random(shape), img).astype(np.float32) for _ in range(4)]
+    calls = []
+    net.register_forward_hook(lambda mod, i, o: calls.append(i[0].shape[0]))
+    got = R.refine_fill(net, img, m, *parts)
+    skipped = sum(calls)
+    calls.clear()
+    monkeypatch.setattr(R, "_only_lesion_windows", lambda predict: predict)  # every window, as MONAI alone does
+    want = R.refine_fill(net, img, m, *parts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(want, parts[3][m], atol=1e-3)  # the refiner did change the blend
+    assert skipped < sum(calls)  # the empty middle of the box was not computed

@@ -74,6 +74,19 @@ def _flip_mean(net, flips):
     return f
 
 
+def _only_lesion_windows(predict):
+    """``predict`` on the windows that hold mask voxels (channel 1), zeros for the rest: a window without mask
+    voxels writes none of the voxels that are kept, so the result is the same (to float rounding) and scattered
+    lesions (MS) no longer pay for the empty space of their bounding box."""
+    def f(x):
+        keep = x[:, 1].flatten(1).amax(1) > 0
+        out = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        if keep.any():
+            out[keep] = predict(x[keep]).to(x.dtype)
+        return out
+    return f
+
+
 @torch.no_grad()
 def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, blend, flips: int = 1) -> np.ndarray:
     """The refined fill's values over ``mask`` (all arguments whole images; the fills hold their values
@@ -82,7 +95,7 @@ def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, ble
     first ``flips`` of :data:`FLIPS`."""
     from monai.inferers import sliding_window_inference
 
-    predict = net if flips <= 1 else _flip_mean(net, FLIPS[:flips])
+    predict = _only_lesion_windows(net if flips <= 1 else _flip_mean(net, FLIPS[:flips]))
 
     mask = np.asarray(mask, bool)
     out = np.asarray(blend, np.float32).copy()
