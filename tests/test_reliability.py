@@ -118,7 +118,6 @@ def test_large_mask_is_announced(monkeypatch):
 def test_bad_option_values_exit_2_naming_the_option(lesion_case, tiny_weights, tmp_path, extra, needle):
     if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    t0 = time.perf_counter()
     r = _fill([lesion_case["t1w"], lesion_case["mask"], "-o", tmp_path / "o.nii.gz", "--weights", tiny_weights,
                "--quiet", *extra])
     assert r.exit_code == 2, r.output
