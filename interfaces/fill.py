@@ -52,17 +52,9 @@ class _ModelInputSpec(BaseInterfaceInputSpec):
 
 def _setting_traits(skip=()) -> dict:
     """One optional trait per :class:`usb_prep.fill.FillSettings` field (unset = the weights' default)."""
-    import dataclasses
-
-    from usb_prep.fill.settings import FillSettings
-
     kinds = {bool: traits.Bool, float: traits.Float, int: traits.Int}
-    out = {}
-    for f in dataclasses.fields(FillSettings):
-        if f.name not in skip:
-            kind = type(f.default) if f.default is not None else int
-            out[f.name] = kinds[kind](desc=f.metadata["help"] + " (default: the weights')")
-    return out
+    return {name: kinds[kind](desc=text + " (default: the weights')")
+            for name, kind, text, _, _ in FillSettings.options() if name not in skip}
 
 
 class _LesionFillBaseSpec(_ModelInputSpec):

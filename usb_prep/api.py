@@ -25,7 +25,7 @@ from .io import get_data, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
-from .weights import load_model
+from .weights import load_model, model_or_load
 
 __all__ = ["FillResult", "FillSettings", "METHODS", "fill_array", "fill_parts", "fill_lesion", "heal_array",
            "detect_array", "embed_array", "embed_lesion", "generate_pair", "generate_pair_array",
@@ -79,10 +79,6 @@ def intensity_scale(data: np.ndarray, exclude: np.ndarray | None = None, pct: fl
     return s if s > 0 else 1.0
 
 
-def _model(model, weights, role, device):
-    return model if model is not None else load_model(weights, role, device)[0]
-
-
 # --- arrays -----------------------------------------------------------------
 def fill_parts(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None, settings=None, stages=None,
                seed: int = 0, voxel_size=(1.0, 1.0, 1.0), affine: np.ndarray | None = None, device="auto",
@@ -93,7 +89,7 @@ def fill_parts(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None,
     need), e.g. ``("model",)`` for the model's fill alone. ``affine`` tells which voxel axis is left-right
     (for the mirror); without it axis 0 is assumed."""
     dev = resolve_device(device)
-    model = _model(model, weights, "fill", dev)
+    model = model_or_load(model, weights, "fill", dev)
     s = settings_for(model, settings, **overrides)
     ctx = FillContext(image, mask, affine=affine, voxel_size=tuple(voxel_size), seed=seed)
     return run_fill(model, ctx, s, stages=stages, device=dev, progress=progress)
@@ -107,7 +103,7 @@ def fill_array(image: np.ndarray, mask: np.ndarray, **kw) -> np.ndarray:
 def detect_array(image: np.ndarray, *, model=None, weights=None, device="auto", **kw) -> np.ndarray:
     """USB_lesion's estimate of the lesion in ``image`` (:func:`usb_prep.fill.detect.detect_array`)."""
     dev = resolve_device(device)
-    return detect.detect_array(image, _model(model, weights, "fill", dev), device=dev, **kw)
+    return detect.detect_array(image, model_or_load(model, weights, "fill", dev), device=dev, **kw)
 
 
 def heal_array(image: np.ndarray, *, model=None, weights=None, detect_steps: int = 6, seed: int = 0, device="auto",
@@ -115,7 +111,7 @@ def heal_array(image: np.ndarray, *, model=None, weights=None, detect_steps: int
     """Mask-free pathology-to-healthy: USB_lesion finds the lesion, then :func:`fill_array` (``fill_kw``:
     its settings, stages, affine, progress) heals it. Returns ``(healed, detected_mask)``."""
     dev = resolve_device(device)
-    model = _model(model, weights, "fill", dev)
+    model = model_or_load(model, weights, "fill", dev)
     found = detect_array(image, model=model, steps=detect_steps, seed=seed, device=dev, brain=brain,
                          voxel_size=voxel_size)
     if dilate:
@@ -141,8 +137,9 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    FillSettings().replace(**given) if method == "usb" else None  # unknown names fail before any work
-    if method != "usb" and (given or settings is not None):
+    if method == "usb":
+        FillSettings().replace(**given)  # unknown names and bad values fail before any work
+    elif given or settings is not None:
         raise ValueError(f"fill settings ({', '.join(sorted(given)) or 'settings'}) apply to method 'usb' only, "
                          f"not {method!r}")
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from . import crops
 from .diffusion import sampling
 from .fill.model_fill import pad_to
 from .runtime import Progress, generator, resolve_device
-from .weights import load_model
+from .weights import model_or_load
 
 
 @torch.inference_mode()
@@ -21,7 +21,7 @@ def embed_array(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None
     from .diffusion.guidance import soft_lesion_map
 
     dev = resolve_device(device)
-    model = model if model is not None else load_model(weights, "fill", dev)[0]
+    model = model_or_load(model, weights, "fill", dev)
     mask = np.asarray(mask, bool)
     out = np.array(image, np.float32, copy=True)
     if not mask.any():

@@ -10,7 +10,7 @@ from scipy import ndimage
 from .diffusion import sampling
 from .io import get_data, load_image
 from .runtime import Progress, generator, resolve_device, threads
-from .weights import load_model
+from .weights import load_model, model_or_load
 
 
 @torch.inference_mode()
@@ -18,7 +18,7 @@ def generate_pair_array(*, model=None, weights=None, steps: int | None = None, s
                         progress=False) -> tuple[np.ndarray, np.ndarray]:
     """Unconditional paired generation on the model's grid: ``(brain [0, 1], lesion mask bool)``."""
     dev = resolve_device(device)
-    model = model if model is not None else load_model(weights, "generate", dev)[0]
+    model = model_or_load(model, weights, "generate", dev)
     shape = [g // model.downsample for g in _grid(model)]
     steps = steps or model.cfg.default_steps
     bar = Progress(steps, progress, "generating")
@@ -45,7 +45,7 @@ def generate_from_mask_array(mask: np.ndarray, *, model=None, weights=None, step
                              device="auto", progress=False) -> np.ndarray:
     """Brain image for a given lesion mask on the model grid."""
     dev = resolve_device(device)
-    model = model if model is not None else load_model(weights, "generate", dev)[0]
+    model = model_or_load(model, weights, "generate", dev)
     m_t = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(dev)
     y = sampling.generate_from_mask(model, model.encode_mask(m_t), steps=steps or model.cfg.default_steps,
                                     generator=generator(seed))

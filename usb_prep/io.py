@@ -57,7 +57,7 @@ def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
         try:
             img = nib.load(str(path))
         except Exception as e:  # nibabel raises several types for bad headers
-            raise InputError(f"{name}: cannot be read as NIfTI/MGZ ({_first_line(e)})") from e
+            raise InputError(f"{name}: cannot be read as NIfTI/MGZ ({first_line(e)})") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         pass
@@ -66,13 +66,14 @@ def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip / short file
-        raise InputError(f"{name}: data cannot be read (truncated or corrupt file?): {_first_line(e)}") from e
+        raise InputError(f"{name}: data cannot be read (truncated or corrupt file?): {first_line(e)}") from e
     if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(f"{name}: contains NaN or Inf voxels")
     return img
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -162,6 +163,15 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False, overwrite_inpu
             raise InputError(f"output folder {parent} is not writable")
         out.append(p)
     return out
+
+
+def check_image_output(path, inputs=(), *, overwrite: bool = False, overwrite_input: bool = False) -> Path:
+    """An output image's name (a NIfTI/MGZ suffix), then :func:`check_outputs` for it and its JSON sidecar."""
+    p = Path(path)
+    if not _suffix(p):
+        raise InputError(f"output {p}: name must end in one of {', '.join(SUFFIXES)}")
+    check_outputs([p, sidecar_path(p)], inputs, overwrite=overwrite, overwrite_input=overwrite_input)
+    return p
 
 
 def _umask() -> int:

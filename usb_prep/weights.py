@@ -193,6 +193,11 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     return model, info
 
 
+def model_or_load(model, weights=None, role: str = "fill", device="cpu"):
+    """``model`` when given, else :func:`load_model` of ``weights`` for ``role`` (the API's array functions)."""
+    return model if model is not None else load_model(weights, role, device)[0]
+
+
 def load_refiner(folder: Path, entry: dict):
     """The :class:`usb_prep.fill.refiner.Refiner` of a manifest's ``refiner`` entry, sha256-checked."""
     from .fill.refiner import Refiner

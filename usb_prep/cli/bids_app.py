@@ -15,7 +15,6 @@ skipped; 2 usage error; 3 a dependency is missing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shutil
@@ -108,14 +107,13 @@ class Plan:
 def _add_setting_options(group) -> None:
     """One option per :class:`usb_prep.fill.FillSettings` field, defaults shown from the packaged weights."""
     defaults = packaged()
-    for f in dataclasses.fields(FillSettings):
-        opt = "--" + f.name.replace("_", "-")
-        help = f"{f.metadata['help']} (packaged weights: {getattr(defaults, f.name)})"
-        if isinstance(f.default, bool):
+    for name, kind, text, _, _ in FillSettings.options():  # ranges are checked by FillSettings itself
+        opt = "--" + name.replace("_", "-")
+        help = f"{text} (packaged weights: {getattr(defaults, name)})"
+        if kind is bool:
             group.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
-            kind = float if isinstance(f.default, float) else int
-            group.add_argument(opt, type=kind, default=None, metavar=f.name.upper(), help=help)
+            group.add_argument(opt, type=kind, default=None, metavar=name.upper(), help=help)
 
 
 def _fill_options(opts) -> dict:
@@ -284,7 +282,7 @@ def main(argv=None) -> int:
         for msg in deps:
             LOGGER.error(msg)
         return EXIT_DEPENDENCY
-    try:
+    try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
         FillSettings().replace(**_fill_options(opts).get("fill_settings", {}))
     except ValueError as e:
         LOGGER.error("%s", e)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -42,16 +41,16 @@ def _run(fn):
     """Turn library errors into one-line messages and exit codes (2: input or usage, 1: a failure)."""
     import signal
 
-    from usb_prep.io import InputError
+    from usb_prep.io import InputError, first_line
     from usb_prep.weights import WeightsError
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return fn()
     except (InputError, WeightsError, ValueError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _fail(first_line(e))
     except (RuntimeError, OSError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, EXIT_FAIL)
+        _fail(first_line(e), EXIT_FAIL)
 
 
 def _write(result, out: Path, overwrite: bool, extra: dict):
@@ -69,15 +68,14 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
 def _setting_options(fn):
     """One option per :class:`usb_prep.fill.FillSettings` field; ``--help`` shows the packaged weights' values."""
     defaults = packaged()
-    for f in reversed(dataclasses.fields(FillSettings)):
-        opt = "--" + f.name.replace("_", "-")
-        help = f"{f.metadata['help'][0].upper()}{f.metadata['help'][1:]} [packaged weights: {getattr(defaults, f.name)}]"
-        if isinstance(f.default, bool):
-            fn = click.option(f"{opt}/--no-{opt[2:]}", f.name, default=None, help=help)(fn)
+    for name, kind, text, lo, hi in reversed(list(FillSettings.options())):
+        opt = "--" + name.replace("_", "-")
+        help = f"{text[0].upper()}{text[1:]} [packaged weights: {getattr(defaults, name)}]"
+        if kind is bool:
+            fn = click.option(f"{opt}/--no-{opt[2:]}", name, default=None, help=help)(fn)
             continue
-        lo, hi = f.metadata["min"], f.metadata["max"]
-        kind = click.FloatRange(lo, hi) if isinstance(f.default, float) else click.IntRange(lo, hi)
-        fn = click.option(opt, f.name, type=kind, default=None, help=help)(fn)
+        ranged = click.FloatRange(lo, hi) if kind is float else click.IntRange(lo, hi)
+        fn = click.option(opt, name, type=ranged, default=None, help=help)(fn)
     return fn
 
 
@@ -123,10 +121,9 @@ def main(image, mask, output, method, seed, device, weights, threads, resample_m
 
     def go():
         from usb_prep.api import fill_lesion
-        from usb_prep.io import check_output, check_outputs, sidecar_path
+        from usb_prep.io import check_image_output
 
-        out = check_output(output, overwrite=True)  # the name; existence is checked with the sidecar's below
-        check_outputs([out, sidecar_path(out)], [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
+        out = check_image_output(output, [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
         res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
                           resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
                           **settings)
@@ -155,10 +152,9 @@ def embed(image, mask, output, steps, t_start, seed, device, weights, threads, r
 
     def go():
         from usb_prep.api import embed_lesion
-        from usb_prep.io import check_output, check_outputs, sidecar_path
+        from usb_prep.io import check_image_output
 
-        out = check_output(output, overwrite=True)
-        check_outputs([out, sidecar_path(out)], [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
+        out = check_image_output(output, [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
         res = embed_lesion(image, mask, weights=weights, steps=steps, t_start=t_start, seed=seed, device=device,
                            progress=not quiet, resample_mask=resample_mask, num_threads=threads)
         _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask)})

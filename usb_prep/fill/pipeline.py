@@ -68,17 +68,16 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
     bar = Progress(extra, progress, "filling")
     clock = [time.perf_counter()]
 
-    def done(name):
+    def done(name, units=1):
         now = time.perf_counter()
         parts.seconds[name] = parts.seconds.get(name, 0.0) + now - clock[0]
         clock[0] = now
-        bar.update()
+        bar.update(units)
 
     try:
         bar.stage("model")
         parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages, mask=ctx.mask)
-        parts.seconds["model"] = time.perf_counter() - clock[0]
-        clock[0] = time.perf_counter()
+        done("model", units=0)  # the model stage counted its own steps
         if not ctx.mask.any():
             parts.final = given.image.copy()
             return parts

@@ -23,6 +23,11 @@ def _f(default, help, lo=None, hi=None):
     return field(default=default, metadata={"help": help, "min": lo, "max": hi})
 
 
+def _kind(f) -> type:
+    """A field's value type: its default's (bool, int, float); an unset default (``t_start``) is an int."""
+    return int if f.default is None else type(f.default)
+
+
 @dataclass(frozen=True)
 class FillSettings:
     """Settings of the default fill (model fill -> patch and nlm fills -> blend -> refiner).
@@ -51,7 +56,7 @@ class FillSettings:
             v = getattr(self, f.name)
             if v is None and f.default is None:
                 continue
-            kind = bool if isinstance(f.default, bool) else float if isinstance(f.default, float) else int
+            kind = _kind(f)
             if kind is bool:
                 if not isinstance(v, bool):
                     raise ValueError(f"fill setting {f.name} must be true or false, got {v!r}")
@@ -70,6 +75,12 @@ class FillSettings:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def options(cls):
+        """``(name, kind, help, min, max)`` per field: what each front end (CLI, BIDS app, Nipype) makes its option of."""
+        for f in dataclasses.fields(cls):
+            yield f.name, _kind(f), f.metadata["help"], f.metadata["min"], f.metadata["max"]
 
     @classmethod
     def from_dict(cls, d: dict) -> "FillSettings":
