@@ -177,7 +177,12 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
                 filled, m = heal_array(v, **kw)
                 messages.append(f"no mask given: USB_lesion detected {int(m.sum())} lesion voxels, then filled them")
             else:
-                filled = fill_array(v, m, **kw)
+                parts = fill_parts(v, m, **kw)
+                filled = parts.final
+                record["rim_voxels"] = parts.rim_voxels
+                if parts.rim_voxels:
+                    messages.append(f"{parts.rim_voxels} voxels just outside the mask look like a lesion rim the mask "
+                                    "misses: filled around, not written (auto_ring)")
         else:
             if m is None:
                 raise ValueError(f"method {method!r} needs a mask")

@@ -41,8 +41,11 @@ class FillContext:
         caller writes back only the original mask)."""
         from scipy import ndimage
 
-        grown = ndimage.binary_dilation(self.mask, iterations=ring) & (self.brain | self.mask)
-        return FillContext(self.image, grown, self.affine, self.voxel_size, self.seed)
+        return self.grown(ndimage.binary_dilation(self.mask, iterations=ring) & self.brain)
+
+    def grown(self, extra: np.ndarray) -> "FillContext":
+        """The same call with ``extra`` voxels added to the mask."""
+        return FillContext(self.image, self.mask | extra, self.affine, self.voxel_size, self.seed)
 
     def whole(self, values: np.ndarray) -> np.ndarray:
         """A whole image: ``values`` (the mask's voxels) inside the mask, the image elsewhere."""

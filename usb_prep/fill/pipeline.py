@@ -18,14 +18,15 @@ from .blend import blend, smooth
 from .context import FillContext
 from .model_fill import model_fill
 from .patches import nlm_fill, nlm_guide, patch_fill
+from .rims import missed_rims
 from .settings import STAGES, FillSettings
 
 
 @dataclass
 class FillParts:
     """The parts of one fill. ``model`` and ``final`` are whole images; ``patch``, ``nlm`` and ``blend`` the
-    working mask's voxels (None where the stage did not run). The working mask is the mask grown by the
-    ``ring`` setting (the mask itself by default); ``final`` differs from the image only inside the mask."""
+    working mask's voxels (None where the stage did not run). The working mask is the mask grown by
+    ``auto_ring`` and ``ring`` (the mask itself without them); ``final`` differs from the image only inside the mask."""
 
     model: np.ndarray
     patch: np.ndarray | None = None
@@ -34,6 +35,7 @@ class FillParts:
     final: np.ndarray | None = None
     stages: tuple[str, ...] = ()
     mask: np.ndarray | None = None  # the working mask
+    rim_voxels: int = 0  # voxels auto_ring added to the working mask (missed rims)
     seconds: dict = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -57,7 +59,10 @@ def check_stages(stages, settings: FillSettings, refiner) -> tuple[str, ...]:
 def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, device="cpu",
              progress: bool = False) -> FillParts:
     """Fill ``ctx.mask`` in ``ctx.image`` by ``stages`` (default: those ``settings`` need)."""
-    given = ctx
+    given, rims = ctx, None
+    if settings.auto_ring:
+        rims = missed_rims(ctx.image, ctx.mask, ctx.brain)
+        ctx = ctx.grown(rims) if rims.any() else ctx
     if settings.ring:
         ctx = ctx.widened(settings.ring)
     refiner = getattr(model, "refiner", None)
@@ -76,7 +81,8 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
 
     try:
         bar.stage("model")
-        parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages, mask=ctx.mask)
+        parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages, mask=ctx.mask,
+                          rim_voxels=0 if rims is None else int(rims.sum()))
         done("model", units=0)  # the model stage counted its own steps
         if not ctx.mask.any():
             parts.final = given.image.copy()
