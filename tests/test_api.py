@@ -338,6 +338,11 @@ def test_fill_parts_and_explicit_stages():
 
     model, v, m, aff, kw = _tiny_case()
     parts = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, **kw)
+    from usb_prep.classical import fill_nlm
+
+    for search in (5, 15):  # nlm_search is the nlm fill's search window
+        nlm = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, nlm_search=search, **kw).nlm
+        assert np.array_equal(nlm, fill_nlm(v, m, brain=v > 0, guide=parts.model, search=search)[m])
     assert parts.stages == ("model", "patch", "nlm", "blend")
     assert parts.patch.shape == parts.nlm.shape == parts.blend.shape == (m.sum(),)
     assert np.array_equal(parts.final[m], parts.blend) and np.array_equal(parts.final[~m], v[~m])
@@ -383,7 +388,8 @@ def test_fill_settings_validate_every_value():
     s = FillSettings()
     assert s.replace(steps=None) is s and s.replace(steps=3).steps == 3
     for bad in ({"steps": 0}, {"samples": 0}, {"margin": -1}, {"nlm_passes": 9}, {"smooth": -1.0},
-                {"patch_weight": 1.5}, {"refine": "yes"}, {"steps": 2.5}, {"t_start": -1}):
+                {"patch_weight": 1.5}, {"refine": "yes"}, {"steps": 2.5}, {"t_start": -1}, {"nlm_search": 8},
+                {"nlm_search": 1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             s.replace(**bad)
     with pytest.raises(ValueError, match="unknown fill settings: nlm_wieght"):

@@ -25,11 +25,13 @@ def nlm_guide(ctx: FillContext, model_fill: np.ndarray, settings: FillSettings) 
     """The first nlm pass's guide: the model's fill (whole image), with ``nlm_coarse`` averaged with the
     nlm fill of a 2x coarser copy (whose patches reach twice as far from the border)."""
     if settings.nlm_coarse:
-        return 0.5 * model_fill + 0.5 * coarse_guide(ctx.image, ctx.mask, brain=ctx.brain)
+        coarse = coarse_guide(ctx.image, ctx.mask, brain=ctx.brain, search=settings.nlm_search)
+        return 0.5 * model_fill + 0.5 * coarse
     return model_fill
 
 
 def nlm_fill(ctx: FillContext, guide: np.ndarray, settings: FillSettings) -> np.ndarray:
     """The nlm fill's values over the mask, its patch distances seeing ``guide`` inside the mask."""
     extra = ctx.mirrored if settings.nlm_mirror else None
-    return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra)[ctx.mask]
+    return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra,
+                    search=settings.nlm_search)[ctx.mask]

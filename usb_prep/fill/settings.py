@@ -46,6 +46,7 @@ class FillSettings:
     samples: int = _f(1, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
     patch_weight: float = _f(0.0, "share of the classical patch fill in the blend", 0.0, 1.0)
     nlm_weight: float = _f(0.0, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
+    nlm_search: int = _f(15, "edge of the nlm fill's search window (voxels, odd)", 3, 31)
     nlm_passes: int = _f(1, "nlm passes, each further one guided by the previous blend", 1, 5)
     nlm_coarse: bool = _f(False, "guide the first nlm pass with a 2x coarser nlm fill too")
     nlm_mirror: bool = _f(False, "nlm candidates also from the brain mirrored across the midline")
@@ -70,6 +71,8 @@ class FillSettings:
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
                 raise ValueError(f"fill setting {f.name} must be {rng}, got {v}")
+        if self.nlm_search % 2 != 1:
+            raise ValueError(f"fill setting nlm_search must be odd, got {self.nlm_search}")
         if self.patch_weight + self.nlm_weight > 1 + 1e-6:
             raise ValueError(f"patch_weight + nlm_weight must be <= 1, got {self.patch_weight} + {self.nlm_weight}")
 
