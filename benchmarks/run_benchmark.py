@@ -78,7 +78,21 @@ def headline(res: dict) -> str:
         lines.append(f"| BraTS inpainting case, challenge metric | {br['usb']['psnr']:.2f} ({br['usb']['ssim']:.3f}) vs "
                      f"{nif} | | Laplace: {br['laplace']['psnr']:.2f} ({br['laplace']['ssim']:.3f}) | "
                      f"{br['usb']['seconds']:.0f} | |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *per_case(res)]) + "\n"
+
+
+def per_case(res: dict) -> list[str]:
+    """One row per case: in-mask PSNR of usb_prep and NiftySeg, the lead, seconds."""
+    lines = ["| case (brain / painting / mask) | ml | lesions | usb_prep dB | NiftySeg dB | usb_prep - NiftySeg | "
+             "usb_prep s | NiftySeg s |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["cases"]:
+        u, n = r["results"]["usb"], r["results"]["niftyseg"]
+        head = f"| {r['brain']} / {r['family']} / {r['category']} | {r['ml']:.1f} | {r['lesions']} | {u['psnr']:.2f} | "
+        if "psnr" in n:
+            lines.append(head + f"{n['psnr']:.2f} | {u['psnr'] - n['psnr']:+.2f} | {u['seconds']:.0f} | {n['seconds']:.0f} |")
+        else:
+            lines.append(head + f"- | NiftySeg did not finish | {u['seconds']:.0f} | > {n['seconds']:.0f} |")
+    return lines
 
 
 def run_usb(model, c: Case, threads):
