@@ -17,8 +17,8 @@ from usb_prep.weights import bundle
 
 # the packaged defaults (chosen on the validation masks; see the model card)
 FILL_CONFIG = dict(window=32)
-FILL_SETTINGS = dict(steps=1, margin=0, samples=4, patch_weight=0.2, nlm_weight=0.8, nlm_mirror=True,
-                     patch_mirror=True, refine=True)
+FILL_SETTINGS = dict(steps=1, margin=0, samples=1, auto_ring=True, patch_weight=0.2, nlm_weight=0.8, nlm_search=11,
+                     nlm_mirror=True, patch_mirror=True, refine=True)
 GENERATE_STEPS = 25
 
 
