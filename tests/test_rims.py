@@ -76,3 +76,17 @@ def test_fill_lesion_records_and_says_the_missed_rim(lesion_case, make_nifti, ti
     assert any("rim" in msg for msg in res.messages), res.messages
     off = api.fill_lesion(path, lesion_case["mask"], weights=tiny_weights, steps=2, auto_ring=False, device="cpu")
     assert off.settings["rim_voxels"] == 0 and not any("rim" in msg for msg in off.messages)
+
+
+def test_the_lesions_box_gives_the_whole_images_answer():
+    """missed_rims works on the mask's bounding box plus what the ring depends on: same voxels as the whole image."""
+    from usb_prep.fill.rims import _missed_rims
+
+    img, brain = _slab((90, 70, 60), seed=1)
+    rng = np.random.default_rng(2)
+    img += 0.2 * ndimage.gaussian_filter(rng.standard_normal(img.shape), 2).astype(np.float32)  # tissue texture
+    a, b = _ball(img.shape, (6, 10, 30), 4), _ball(img.shape, (40, 30, 30), 3)  # one at the image's edge
+    img[a | b] = 0.1
+    img[ndimage.binary_dilation(a) & ~a] = 0.45
+    found = missed_rims(img, a | b, brain)
+    assert found.any() and np.array_equal(found, _missed_rims(img, a | b, brain))

@@ -43,6 +43,21 @@ def lesion_like_ring(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> 
 def missed_rims(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """The rim voxels to treat as unknown: the first ring of each lesion whose ring is mostly lesion-like
     (lesions are the 26-connected groups of the mask grown by one voxel)."""
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    # the mask's bounding box plus what the ring's values depend on (ring 1 + outer shell 5 + Gaussian 12 voxels):
+    # the same answer as on the whole image, at a fraction of the cost
+    idx = np.nonzero(mask)
+    box = tuple(slice(max(int(i.min()) - MARGIN, 0), int(i.max()) + MARGIN + 1) for i in idx)
+    out[box] = _missed_rims(image[box], mask[box], brain[box])
+    return out
+
+
+MARGIN = 1 + 5 + 13
+
+
+def _missed_rims(image, mask, brain):
     ring = ndimage.binary_dilation(mask) & ~mask & brain
     like = lesion_like_ring(image, mask, brain)
     if not like.any():
