@@ -83,13 +83,14 @@ def headline(res: dict) -> str:
 
 def per_case(res: dict) -> list[str]:
     """One row per case: in-mask PSNR of usb_prep and NiftySeg, the lead, seconds."""
-    lines = ["| case (brain / painting / mask) | ml | lesions | usb_prep dB | NiftySeg dB | usb_prep - NiftySeg | "
-             "usb_prep s | NiftySeg s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| case (brain / painting / mask) | ml | lesions | usb_prep dB | NiftySeg dB | usb_prep - NiftySeg | "
+              "usb_prep s | NiftySeg s |"), "|---|---|---|---|---|---|---|---|"]
     for r in res["cases"]:
         u, n = r["results"]["usb"], r["results"]["niftyseg"]
         head = f"| {r['brain']} / {r['family']} / {r['category']} | {r['ml']:.1f} | {r['lesions']} | {u['psnr']:.2f} | "
         if "psnr" in n:
-            lines.append(head + f"{n['psnr']:.2f} | {u['psnr'] - n['psnr']:+.2f} | {u['seconds']:.0f} | {n['seconds']:.0f} |")
+            lead = u["psnr"] - n["psnr"]
+            lines.append(head + f"{n['psnr']:.2f} | {lead:+.2f} | {u['seconds']:.0f} | {n['seconds']:.0f} |")
         else:
             lines.append(head + f"- | NiftySeg did not finish | {u['seconds']:.0f} | > {n['seconds']:.0f} |")
     return lines

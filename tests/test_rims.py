@@ -47,12 +47,12 @@ def test_no_rim_where_the_mask_holds_the_whole_lesion_or_the_lesion_meets_csf():
 def test_auto_ring_fills_around_the_missed_rim_and_writes_only_the_mask():
     from test_api import _tiny_case
 
-    model, v, m, aff, kw = _tiny_case()
+    _, v, m, _, kw = _tiny_case()
     dark = v.copy()
     dark[m] = 0.05
     rim = ndimage.binary_dilation(m) & ~m & (v > 0)
     dark[rim] = 0.5 * (v[rim] + 0.05)
-    settings = dict(patch_weight=0.0, nlm_weight=1.0)
+    settings = {"patch_weight": 0.0, "nlm_weight": 1.0}
     plain = api.fill_parts(dark, m, **settings, **kw)
     auto = api.fill_parts(dark, m, auto_ring=True, **settings, **kw)
     assert plain.rim_voxels == 0 and auto.rim_voxels == int(rim.sum())

@@ -36,14 +36,14 @@ class FillContext:
         """The image reflected across its left-right midline, lesion voxels left out (zero)."""
         return mirror_lr(self.image, self.affine, exclude=self.mask)
 
-    def widened(self, ring: int) -> "FillContext":
+    def widened(self, ring: int) -> FillContext:
         """The same call with the mask grown by ``ring`` voxels within the head (the stages fill that; the
         caller writes back only the original mask)."""
         from scipy import ndimage
 
         return self.grown(ndimage.binary_dilation(self.mask, iterations=ring) & self.brain)
 
-    def grown(self, extra: np.ndarray) -> "FillContext":
+    def grown(self, extra: np.ndarray) -> FillContext:
         """The same call with ``extra`` voxels added to the mask."""
         return FillContext(self.image, self.mask | extra, self.affine, self.voxel_size, self.seed)
 

@@ -41,8 +41,8 @@ class FillSettings:
     margin: int = _f(2, "voxels around the mask also hidden from the model (use 1-2 for tight masks)", 0, 16)
     ring: int = _f(0, "voxels around the mask every stage treats as unknown (masks that miss a lesion's rim); "
                       "only the mask's voxels are written", 0, 4)
-    auto_ring: bool = _f(False, "also treat as unknown the first ring of each lesion whose ring looks like the "
-                                "lesion (a mask that misses the partial-volume rim); only the mask's voxels are written")
+    auto_ring: bool = _f(False, "also treat as unknown the first ring of each lesion whose ring looks like the lesion "
+                                "(a mask that misses the partial-volume rim); only the mask's voxels are written")
     samples: int = _f(1, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
     patch_weight: float = _f(0.0, "share of the classical patch fill in the blend", 0.0, 1.0)
     nlm_weight: float = _f(0.0, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
