@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, NetConfig, preset
+from .io import first_line
 from .runtime import CPU_TIME_NOTE, cpu_time_note, warn_if_slow  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ def _torch_load(path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({first})") from e
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({first_line(e)})") from e
 
 
 def _mismatches(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], limit: int = 5) -> list[str]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .crops import bbox
+
 __all__ = ["fill_wmstats", "fill_patch", "fill_image", "kmeans_1d"]
 
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
@@ -77,15 +79,6 @@ def kmeans_1d(values: np.ndarray, n_classes: int = 3, n_iter: int = 50) -> tuple
         centres = np.sort(new)
     labels = np.searchsorted((centres[1:] + centres[:-1]) / 2, v)
     return centres, labels
-
-
-def _bbox(mask: np.ndarray, margin: tuple[int, int, int]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
-    idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - m, 0), min(int(i.max()) + m + 1, n))
-        for i, m, n in zip(idx, margin, mask.shape)
-    )
 
 
 def fill_wmstats(
@@ -335,7 +328,7 @@ def fill_patch(
     ctx = 2 * rad + 1
     # Work on the lesion bounding box plus context, zero-padded so every
     # context window is in range; padding is invalid.
-    sl = _bbox(mask, (rad,) * 3)
+    sl = bbox(mask, rad)
     pad = [(rad, rad)] * 3
     # C order matters: the layer loop writes through flat views (ravel).
     def _padc(a):
@@ -462,7 +455,7 @@ def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None =
     if brain is None:
         brain = (out != 0) | mask
     ctx = (kwargs.get("search", NLM_SEARCH) // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
-    sl = _bbox(mask, (ctx,) * 3)
+    sl = bbox(mask, ctx)
     m = mask[sl]
     pad = [(0, -n % factor) for n in m.shape]  # whole blocks; padding counts as unknown, not lesion
     known = np.pad(~m & np.asarray(brain, bool)[sl], pad).astype(np.float32)

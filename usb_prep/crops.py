@@ -56,6 +56,13 @@ def lesion_boxes(mask: np.ndarray, context: int, divisor: int, min_size: int) ->
     return [_grow(b, divisor, min_size) for b in boxes]
 
 
+def bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of ``mask``'s bounding box grown by ``margin`` voxels, clipped to the array (``mask`` not empty)."""
+    idx = np.nonzero(mask)
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
+                 for i, n in zip(idx, mask.shape))
+
+
 def _grow(b: Box, divisor: int, min_size: int) -> Box:
     lo, hi = [], []
     for a, c in zip(b.lo, b.hi):

@@ -129,10 +129,14 @@ def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: li
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Fail early (before any work) if ``path`` exists or its folder is not writable."""
+    return check_outputs([_image_name(path)], overwrite=overwrite)[0]
+
+
+def _image_name(path) -> Path:
     p = Path(path)
     if not _suffix(p):
         raise InputError(f"output {p}: name must end in one of {', '.join(SUFFIXES)}")
-    return check_outputs([p], overwrite=overwrite)[0]
+    return p
 
 
 def check_outputs(outputs, inputs=(), *, overwrite: bool = False, overwrite_input: bool = False) -> list[Path]:
@@ -167,9 +171,7 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False, overwrite_inpu
 
 def check_image_output(path, inputs=(), *, overwrite: bool = False, overwrite_input: bool = False) -> Path:
     """An output image's name (a NIfTI/MGZ suffix), then :func:`check_outputs` for it and its JSON sidecar."""
-    p = Path(path)
-    if not _suffix(p):
-        raise InputError(f"output {p}: name must end in one of {', '.join(SUFFIXES)}")
+    p = _image_name(path)
     check_outputs([p, sidecar_path(p)], inputs, overwrite=overwrite, overwrite_input=overwrite_input)
     return p
 

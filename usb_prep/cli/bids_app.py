@@ -307,7 +307,9 @@ def main(argv=None) -> int:
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"; the nodes' errors are in crash files
-        LOGGER.error("some nodes failed: %s", str(err).splitlines()[0])
+        from usb_prep.io import first_line
+
+        LOGGER.error("some nodes failed: %s", first_line(err))
     # success is this run's result: a crashed subject failed even where an earlier run's outputs exist
     crashed = failed_subjects(crash_dir, plan)
     failed = [key for key, paths in plan.expected.items() if key in crashed or not all(p.exists() for p in paths)]

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..crops import bbox
+
 log = logging.getLogger(__name__)
 
 #: Intensity encodings drawn for T1w (hypointense family) with their probabilities.
@@ -230,13 +232,6 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- painting
-def _bbox(mask: np.ndarray, pad: int, shape) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, np.asarray(shape))
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
 def _choose(modes: dict, rng: np.random.Generator) -> str:
     names = list(modes)
     p = np.array([modes[n] for n in names], dtype=float)
@@ -301,7 +296,7 @@ def paint_lesion(
         return out, soft_full
     hyper = contrast.upper() in ("FLAIR", "T2W", "T2")
     sigma = float(rng.uniform(0.5, 1.5))
-    box = _bbox(m, pad=int(np.ceil(3 * sigma)) + 1, shape=image.shape)
+    box = bbox(m, int(np.ceil(3 * sigma)) + 1)
     mb, bb, ib = m[box], brain[box], out[box]
     soft = np.clip(ndimage.gaussian_filter(mb.astype(np.float32), sigma), 0.0, 1.0)
     # Keep the core fully lesioned: smoothing would otherwise dim thin lesions.

@@ -16,10 +16,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .. import crops
+
 T_MIN = 0.3  # a ring voxel at least 30% of the way from the tissue around to the lesion
 CONTRAST = 0.15  # lesions within 15% of the tissue around them have no rim to miss
 SHARE = 0.75  # a lesion is grown when this share of its ring is lesion-like
 MIN_RING = 10  # lesions with a smaller ring follow the whole mask's share
+MARGIN = 1 + 5 + 13  # what a ring voxel's test depends on: the ring, the outer shell, the Gaussian's reach (+1)
 
 
 def _local_mean(image, where, sigma=3.0):
@@ -28,9 +31,15 @@ def _local_mean(image, where, sigma=3.0):
     return num / np.maximum(den, 1e-6)
 
 
-def lesion_like_ring(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """The voxels of the mask's first ring (in ``brain``) that look like a partial volume of the lesion."""
-    ring = ndimage.binary_dilation(mask) & ~mask & brain
+def first_ring(mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The mask's first (6-connected) ring of voxels outside it, within ``brain``."""
+    return ndimage.binary_dilation(mask) & ~mask & brain
+
+
+def lesion_like_ring(image: np.ndarray, mask: np.ndarray, brain: np.ndarray, ring=None) -> np.ndarray:
+    """The voxels of the mask's first ring (``ring``, default :func:`first_ring`) that look like a partial volume
+    of the lesion."""
+    ring = first_ring(mask, brain) if ring is None else ring
     if not ring.any():
         return ring
     outer = ndimage.binary_dilation(mask, iterations=5) & ~ndimage.binary_dilation(mask, iterations=2) & brain
@@ -42,24 +51,18 @@ def lesion_like_ring(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> 
 
 def missed_rims(image: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """The rim voxels to treat as unknown: the first ring of each lesion whose ring is mostly lesion-like
-    (lesions are the 26-connected groups of the mask grown by one voxel)."""
+    (lesions are the 26-connected groups of the mask grown by one voxel). Computed on the mask's bounding box
+    grown by :data:`MARGIN`: the same answer as on the whole image, at a fraction of the cost."""
     out = np.zeros(mask.shape, bool)
-    if not mask.any():
-        return out
-    # the mask's bounding box plus what the ring's values depend on (ring 1 + outer shell 5 + Gaussian 12 voxels):
-    # the same answer as on the whole image, at a fraction of the cost
-    idx = np.nonzero(mask)
-    box = tuple(slice(max(int(i.min()) - MARGIN, 0), int(i.max()) + MARGIN + 1) for i in idx)
-    out[box] = _missed_rims(image[box], mask[box], brain[box])
+    if mask.any():
+        box = crops.bbox(mask, MARGIN)
+        out[box] = _missed_rims(image[box], mask[box], brain[box])
     return out
 
 
-MARGIN = 1 + 5 + 13
-
-
 def _missed_rims(image, mask, brain):
-    ring = ndimage.binary_dilation(mask) & ~mask & brain
-    like = lesion_like_ring(image, mask, brain)
+    ring = first_ring(mask, brain)
+    like = lesion_like_ring(image, mask, brain, ring)
     if not like.any():
         return like
     labels, n = ndimage.label(mask | ring, np.ones((3, 3, 3)))
