@@ -45,7 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="CPU threads for usb_prep and NiftySeg")
     p.add_argument("--weights", default=None)
     p.add_argument("--no-brats", action="store_true")
+    p.add_argument("--no-downstream", action="store_true",
+                   help="skip the registration / segmentation effect (downstream.py; ~25 min on 2 cores)")
     p.add_argument("--headline", action="store_true", help="only rewrite headline.md from --out/results.json")
+    p.add_argument("--niftyseg-only", action="store_true",
+                   help="only run (and cache) NiftySeg on every case, e.g. while the CPUs are otherwise idle")
     return p.parse_args(argv)
 
 
@@ -78,7 +82,11 @@ def headline(res: dict) -> str:
         lines.append(f"| BraTS inpainting case, challenge metric | {br['usb']['psnr']:.2f} ({br['usb']['ssim']:.3f}) vs "
                      f"{nif} | | Laplace: {br['laplace']['psnr']:.2f} ({br['laplace']['ssim']:.3f}) | "
                      f"{br['usb']['seconds']:.0f} | |")
-    return "\n".join(lines + ["", *per_case(res)]) + "\n"
+    extra = []
+    if any("downstream" in r["results"].get("usb", {}) for r in res["cases"]):
+        extra = ["", "Downstream (masks that cover the lesion; differences from the healthy image):", "",
+                 *downstream_rows(res["cases"])]
+    return "\n".join(lines + ["", *per_case(res), *extra]) + "\n"
 
 
 def per_case(res: dict) -> list[str]:
@@ -104,26 +112,55 @@ def run_usb(model, c: Case, threads):
     return parts, time.perf_counter() - t0, time.process_time() - c0
 
 
-def fill_case(model, c: Case, args, thresholds, log):
+DOWNSTREAM = ("unfilled", "laplace", "niftyseg", "patch", "usb")  # the downstream table's rows
+
+
+def fill_case(model, c: Case, args, thresholds, log, downstream=None):
+    """Fill one case by every method and score it; ``downstream``: a callable (name, image) -> effect dict, run
+    on each method's output (and the unfilled input), or None."""
     from usb_prep.classical import fill_patch
 
-    res = {}
+    res, outs = {}, {"unfilled": c.image}
     parts, sec, cpu = run_usb(model, c, args.threads)
+    outs["usb"] = parts.final
     res["usb"] = {**scores(parts.final, c, thresholds), "seconds": sec, "cpu_s": cpu,
                   "stages_s": {k: round(v, 2) for k, v in parts.seconds.items()}}
     res["usb_model"] = {**scores(parts.model, c, thresholds), "seconds": parts.seconds.get("model")}
     out, info = niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap, threads=args.threads)
     res["niftyseg"] = {**(scores(out, c, thresholds) if out is not None else {}), **info}
+    if out is not None:
+        outs["niftyseg"] = out
     t0 = time.perf_counter()
-    out = fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain_mask)
+    out = outs["patch"] = fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain_mask)
     res["patch"] = {**scores(out, c, thresholds), "seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    out = laplace_fill(c.image, c.mask)
+    out = outs["laplace"] = laplace_fill(c.image, c.mask)
     res["laplace"] = {**scores(out, c, thresholds), "seconds": time.perf_counter() - t0}
+    if downstream is not None:
+        res["unfilled"] = {}
+        for name in DOWNSTREAM:
+            if name in outs:
+                res[name]["downstream"] = downstream(outs[name])
+        log(f"{c.name}: downstream " + ", ".join(
+            f"{k} {res[k]['downstream']['vol_err_ml']:.1f} ml / {res[k]['downstream']['reg_lesion_mm']:.2f} mm"
+            for k in DOWNSTREAM if "downstream" in res.get(k, {})))
     c.results = res
     ns = res["niftyseg"]
     log(f"{c.name}: {c.volume_ml:.1f} ml, {c.lesions} lesions | usb {res['usb']['psnr']:.2f} dB {sec:.0f} s | "
         f"niftyseg {ns.get('psnr', float('nan')):.2f} dB {ns['seconds'] or 0:.0f} s ({ns['status']})")
+
+
+def brats_input(data: Path):
+    """The BraTS case's voided T1 scaled by its known 99.5th percentile, the inpainting mask, the affine
+    (the scale is kept as ``brats_input.scale``)."""
+    import nibabel as nib
+
+    d = data / "patients" / "brats_gli_00001"
+    mask = np.asanyarray(nib.load(str(d / "inpainting_mask.nii.gz")).dataobj) > 0.5
+    voided = nib.load(str(d / "t1n_voided.nii.gz"))
+    v = voided.get_fdata(dtype=np.float32)
+    brats_input.scale = float(np.percentile(v[(v > 0) & ~mask], 99.5))
+    return v / brats_input.scale, mask, voided.affine
 
 
 def brats(model, data: Path, out_dir: Path, args, log):
@@ -139,24 +176,20 @@ def brats(model, data: Path, out_dir: Path, args, log):
     except ImportError:
         return {"skipped": "pip install inpainting==0.0.12"}
     d = data / "patients" / "brats_gli_00001"
-    t1 = nib.load(str(d / "t1n.nii.gz"))
-    mask = np.asanyarray(nib.load(str(d / "inpainting_mask.nii.gz")).dataobj) > 0.5
-    voided = nib.load(str(d / "t1n_voided.nii.gz"))
-    v = voided.get_fdata(dtype=np.float32)
+    x, mask, affine = brats_input(data)
+    scale = brats_input.scale
     lab, n = ndimage.label(mask)
     sizes = np.bincount(lab.ravel())[1:]
     healthy = mask & (lab != 1 + int(np.argmax(sizes))) if n > 1 else mask
     tmp = out_dir / "brats"
     tmp.mkdir(parents=True, exist_ok=True)
     hp = tmp / "healthy_mask.nii.gz"
-    nib.save(nib.Nifti1Image(healthy.astype(np.uint8), t1.affine), str(hp))
-    scale = float(np.percentile(v[(v > 0) & ~mask], 99.5))
-    x = v / scale
+    nib.save(nib.Nifti1Image(healthy.astype(np.uint8), affine), str(hp))
     fills = {}
     t0 = time.perf_counter()
-    fills["usb"] = (api.fill_array(x, mask, model=model, affine=t1.affine, device="cpu", seed=0),
+    fills["usb"] = (api.fill_array(x, mask, model=model, affine=affine, device="cpu", seed=0),
                     time.perf_counter() - t0)
-    out, info = niftyseg_fill(x, mask, t1.affine, cap_s=args.cap, threads=args.threads)
+    out, info = niftyseg_fill(x, mask, affine, cap_s=args.cap, threads=args.threads)
     if out is not None:
         fills["niftyseg"] = (out, info["seconds"])
     t0 = time.perf_counter()
@@ -165,7 +198,7 @@ def brats(model, data: Path, out_dir: Path, args, log):
            "niftyseg_status": info["status"]}
     for name, (arr, sec) in fills.items():
         pp = tmp / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image((arr * scale).astype(np.float32), t1.affine), str(pp))
+        nib.save(nib.Nifti1Image((arr * scale).astype(np.float32), affine), str(pp))
         m = compute_image_quality_metrics(str(pp), str(hp), str(d / "t1n.nii.gz"), str(d / "t1n_voided.nii.gz"))
         res[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "mae": m["mae"], "seconds": sec}
         log(f"brats {name}: {m['psnr']:.2f} dB / SSIM {m['ssim']:.3f} ({sec:.0f} s)")
@@ -192,6 +225,40 @@ def table(cases, title):
         lines.append(f"| {c.family}/{c.category}/{c.mask_name} | {c.volume_ml:.1f} | {c.lesions} | "
                      + " | ".join(cell(r[m]) for m in METHODS) + f" | {_f(lead) if lead is not None else 'NiftySeg DNF'} |")
     lines.append("| **mean** | | | " + " | ".join(mean_cell(cases, m) for m in METHODS) + f" | {mean_lead(cases)} |")
+    return lines + [""]
+
+
+def downstream_rows(rows) -> list[str]:
+    """Per brain and method, the mean downstream differences from the healthy image (``downstream.py``);
+    ``rows``: results.json's cases."""
+    lines = ["| brain | method | cases | tissue volume error ml | tissue Dice near the lesion | registration "
+             "difference in the lesion mm | in a 5 mm ring mm |", "|---|---|---|---|---|---|---|"]
+    for b in dict.fromkeys(r["brain"] for r in rows):
+        bc = [r["results"] for r in rows if r["brain"] == b and "downstream" in r["results"].get("usb", {})]
+        for m in DOWNSTREAM:
+            ds = [r[m]["downstream"] for r in bc if "downstream" in r.get(m, {})]
+            if not ds:
+                continue
+            lines.append(f"| {b} | {m if m == 'unfilled' else LABELS[m]} | {len(ds)} of {len(bc)} | "
+                         + " | ".join(f"{np.nanmean([d[k] for d in ds]):.{nd}f}" for k, nd in
+                                      (("vol_err_ml", 1), ("dice", 3), ("reg_lesion_mm", 2), ("reg_ring_mm", 2)))
+                         + " |")
+    return lines
+
+
+def downstream_table(cases) -> list[str]:
+    lines = ["### Downstream: registration and tissue segmentation against the healthy image", "",
+             "ANTs SyN to MNI152 (2 mm) and ANTs Atropos (3 classes) run on each filler's output and on the healthy "
+             "brain (`downstream.py`), `train` painting (masks that cover the lesion); lower is better except Dice. "
+             "NiftySeg only where it finished (its rows average fewer cases).", "",
+             *downstream_rows([{"brain": c.brain, "results": c.results} for c in cases]), "",
+             "| case | method | volume error ml | Dice | registration lesion mm | ring mm |", "|---|---|---|---|---|---|"]
+    for c in cases:
+        for m in DOWNSTREAM:
+            d = c.results.get(m, {}).get("downstream")
+            if d:
+                lines.append(f"| {c.name} | {m} | {d['vol_err_ml']:.1f} | {d['dice']:.3f} | {d['reg_lesion_mm']:.2f} | "
+                             f"{d['reg_ring_mm']:.2f} |")
     return lines + [""]
 
 
@@ -261,9 +328,31 @@ def main(argv=None):
     data = Path(args.data)
     brains = [load_brain(b, data, Path(args.brains)) for b in BRAINS]
     cases = make_cases(brains, data, args.per_category, args.families, log=log)
+    if args.niftyseg_only:
+        for c in cases:
+            _, info = niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap, threads=args.threads)
+            log(f"{c.name}: NiftySeg {info['status']} ({info['seconds'] or 0:.0f} s)")
+        if not args.no_brats:
+            x, mask, affine = brats_input(data)
+            _, info = niftyseg_fill(x, mask, affine, cap_s=args.cap, threads=args.threads)
+            log(f"brats: NiftySeg {info['status']} ({info['seconds'] or 0:.0f} s)")
+        return
     thresholds = {b.name: tissue_classes(b.image, b.brain) for b in brains}
+    refs, template = {}, None
+    if not args.no_downstream:
+        import downstream as ds
+
+        template = ds.Template()
     for c in cases:
-        fill_case(model, c, args, thresholds[c.brain], log)
+        effect = None
+        if template is not None and c.family == "train":  # masks that cover the lesion: what users fill
+            b = next(b for b in brains if b.name == c.brain)
+            if b.name not in refs:
+                refs[b.name] = ds.reference(template, b.image, b.brain, b.affine)
+
+            def effect(img, c=c, b=b):
+                return ds.effect(template, refs[b.name], img, c.mask, b.brain, b.affine)
+        fill_case(model, c, args, thresholds[c.brain], log, effect)
     br = {} if args.no_brats else brats(model, data, out_dir, args, log)
     plots(cases, out_dir)
     cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -278,6 +367,8 @@ def main(argv=None):
     for b in BRAINS:
         lines += table([c for c in cases if c.brain == b], f"Brain {b}")
     lines += table(cases, "All cases")
+    if any("downstream" in c.results.get("usb", {}) for c in cases):
+        lines += downstream_table(cases)
     for fam in args.families:
         lines.append(f"- family `{fam}`: lead over NiftySeg {mean_lead([c for c in cases if c.family == fam])}")
     lines.append("")

@@ -227,3 +227,23 @@ def test_fill_image_keeps_header_and_dtype(method):
     assert np.array_equal(np.asanyarray(again.dataobj), arr)
     with pytest.raises(ValueError):
         fill_image(nimg, nib.Nifti1Image(mask.astype(np.uint8), aff), method="nope")
+
+
+@pytest.mark.parametrize("filler", [fill_patch, fill_nlm])
+def test_background_is_no_context(filler):
+    """A large mask touching the background and a voided region (zeros inside the head, as in the BraTS
+    inpainting input) is filled from tissue: with ``brain`` given, no filled voxel takes the zeros' values.
+    Without ``brain`` the zeros are known context and drag the fill down (the behaviour this guards)."""
+    shape = (40, 40, 40)
+    rng = np.random.default_rng(1)
+    inside = ball(shape, (20, 20, 20), 17)
+    img = np.where(inside, 0.8 + rng.normal(0, 0.02, shape), 0).astype(np.float32)
+    voided = ball(shape, (20, 28, 20), 6) & inside  # zeroed tissue beside the mask, not filled
+    mask = inside & ~ball(shape, (20, 20, 20), 11) & (np.indices(shape)[0] < 20) & ~voided  # outer shell, half
+    img[voided | mask] = 0
+    brain = img > 0
+    out = filler(img, mask, np.random.default_rng(0), brain=brain)
+    assert np.array_equal(out[~mask], img[~mask])
+    assert out[mask].min() > 0.6  # tissue only (0.8 +- noise)
+    dark = filler(img, mask, np.random.default_rng(0))  # zeros as context: the old, wrong behaviour
+    assert dark[mask].min() < 0.4

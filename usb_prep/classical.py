@@ -277,7 +277,10 @@ def fill_patch(
     search : int
         Search-window edge length in voxels (odd).
     brain : ndarray, optional
-        Candidate centres must lie in it. Default: ``image != 0`` or mask.
+        Tissue. Candidate centres must lie in it, and the voxels outside it (background, voided regions)
+        are no context: they count neither in patch distances nor as the known border the layers grow
+        from, so a lesion touching the background is filled from tissue, not from zeros. Default: centres
+        in ``image != 0`` or mask, and every voxel outside the mask is context.
     tol : float
         Relative tolerance defining near-best candidates (0 = always the best).
     min_overlap : float
@@ -319,8 +322,11 @@ def fill_patch(
     out, mask = _prepare(image, mask)
     if not mask.any():
         return out
+    known = ~mask  # context: voxels whose values the patches may see
     if brain is None:
         brain = (out != 0) | mask
+    else:
+        known = known & np.asarray(brain, bool)
     brain = np.asarray(brain).astype(bool)
 
     h, s = patch // 2, search // 2
@@ -335,7 +341,7 @@ def fill_patch(
         return np.ascontiguousarray(np.pad(a, pad))
 
     todo = _padc(mask[sl])
-    valid = _padc(~mask[sl])  # padding -> False
+    valid = _padc(known[sl])  # padding -> False
     img = _padc(out[sl].astype(np.float32))
     img[todo] = 0.0  # lesion values must never leak into the fill
     weight = valid.astype(np.float32)  # per-voxel weight in patch distances
@@ -428,7 +434,7 @@ def fill_patch(
         src_ok.ravel()[vox] = brain_pad.ravel()[vox]
         todo.ravel()[vox] = False
     if todo.any():  # unreachable voxels (cannot happen unless the mask is everything)
-        fill = float(np.mean(out[~mask])) if (~mask).any() else 0.0
+        fill = float(np.mean(out[known])) if known.any() else 0.0
         img[todo] = fill
     crop = img[rad:-rad, rad:-rad, rad:-rad]
     region = out[sl]
