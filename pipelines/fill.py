@@ -60,10 +60,11 @@ def init_lesion_fill_wf(
     out_settings
         JSON with all settings (weights sha256 included) and notes.
     """
-    from usb_prep.fill.settings import FillSettings
     from usb_prep.interfaces.fill import LesionFill
+    from usb_prep.weights import fill_settings_of
 
-    FillSettings().replace(**(fill_settings or {}))  # unknown names and bad values fail here, not in the node
+    if method == "usb":  # the settings that will run: bad values and combinations fail here, not in the node
+        fill_settings_of(weights, fill_settings)
 
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes()

@@ -178,6 +178,9 @@ def test_nothing_to_run_creates_no_output_and_unknown_label_is_usage(bids_ds, tm
     assert not (tmp_path / "out").exists()
     assert main(_args(bids_ds, tmp_path, "--participant-label", "99")) == 2
     assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "--steps", "0")) == 2
+    # valid alone, but not with the packaged weights' patch_weight: refused before any subject runs
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "--method", "usb", "--nlm-weight", "0.9")) == 2
+    assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out").exists()
 
 

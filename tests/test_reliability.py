@@ -125,6 +125,24 @@ def test_bad_option_values_exit_2_naming_the_option(lesion_case, tiny_weights, t
     assert not (tmp_path / "o.nii.gz").exists()
 
 
+def test_overrides_are_checked_against_the_weights_settings(lesion_case, tmp_path):
+    """--nlm-weight 0.9 is valid alone but not with the packaged patch_weight (0.2): every front end says so
+    before any work (usb-fill, usb-prep exit 2; the Nipype workflow when built, the interface when run)."""
+    from usb_prep.fill.settings import FillSettings, packaged
+    from usb_prep.interfaces import LesionFill
+    from usb_prep.pipelines import init_lesion_fill_wf
+
+    assert packaged().patch_weight + 0.9 > 1 and FillSettings().replace(nlm_weight=0.9)  # the trap
+    r = _fill([lesion_case["t1w"], lesion_case["mask"], "-o", tmp_path / "o.nii.gz", "--quiet", "--nlm-weight", "0.9"])
+    assert r.exit_code == 2 and "patch_weight + nlm_weight" in _err_line(r), r.output
+    assert not (tmp_path / "o.nii.gz").exists()
+    with pytest.raises(ValueError, match="patch_weight \\+ nlm_weight"):
+        init_lesion_fill_wf(fill_settings={"nlm_weight": 0.9})
+    node = LesionFill(in_file=str(lesion_case["t1w"]), mask_file=str(lesion_case["mask"]), nlm_weight=0.9)
+    with pytest.raises(ValueError, match="patch_weight \\+ nlm_weight"):
+        node.run(cwd=str(tmp_path))
+
+
 def test_manifest_without_sha256_is_one_line(lesion_case, tiny_weights, tmp_path):
     import shutil
 

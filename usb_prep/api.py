@@ -25,7 +25,7 @@ from .io import get_data, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
-from .weights import load_model, model_or_load
+from .weights import fill_settings_of, load_model, model_or_load
 
 __all__ = ["FillResult", "FillSettings", "METHODS", "fill_array", "fill_parts", "fill_lesion", "heal_array",
            "detect_array", "embed_array", "embed_lesion", "generate_pair", "generate_pair_array",
@@ -138,7 +138,10 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
         raise ValueError(f"method must be one of {METHODS}")
     given = {k: v for k, v in overrides.items() if v is not None}
     if method == "usb":
-        FillSettings().replace(**given)  # unknown names and bad values fail before any work
+        if settings is None:  # unknown names, bad values and combinations fail before any work
+            fill_settings_of(weights, given)
+        elif not isinstance(settings, dict):
+            settings.replace(**given)
     elif given or settings is not None:
         raise ValueError(f"fill settings ({', '.join(sorted(given)) or 'settings'}) apply to method 'usb' only, "
                          f"not {method!r}")

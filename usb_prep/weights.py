@@ -193,6 +193,20 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     return model, info
 
 
+def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict | None = None):
+    """The fill settings that will run with ``weights`` (resolved as :func:`load_model` does, read from its
+    ``usb.json`` without loading a model) and the user's ``overrides``. Unknown names, bad values and bad
+    combinations with the weights' own values (``patch_weight + nlm_weight > 1``) raise ``ValueError``: every
+    front end calls this before any work."""
+    folder = resolve_weights(weights)
+    man = read_manifest(folder)
+    try:
+        settings = from_manifest(man, "refiner" in man)
+    except ValueError as e:
+        raise WeightsError(f"{folder / MANIFEST}: {e}") from e
+    return settings.replace(**(overrides or {}))
+
+
 def model_or_load(model, weights=None, role: str = "fill", device="cpu"):
     """``model`` when given, else :func:`load_model` of ``weights`` for ``role`` (the API's array functions)."""
     return model if model is not None else load_model(weights, role, device)[0]

@@ -282,9 +282,12 @@ def main(argv=None) -> int:
         for msg in deps:
             LOGGER.error(msg)
         return EXIT_DEPENDENCY
+    from usb_prep.weights import WeightsError, fill_settings_of
+
     try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
-        FillSettings().replace(**_fill_options(opts).get("fill_settings", {}))
-    except ValueError as e:
+        fill = _fill_options(opts)
+        fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}))
+    except (ValueError, WeightsError) as e:
         LOGGER.error("%s", e)
         return EXIT_USAGE
     wf, plan = build_workflow(opts)
