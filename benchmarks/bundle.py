@@ -16,7 +16,7 @@ import argparse
 from usb_prep.weights import bundle
 
 # the packaged defaults (chosen on the validation masks; see the model card)
-FILL_CONFIG = dict(window=32)
+FILL_CONFIG = {}  # a run's export already sets its window (its training patch: 32 on the CPU, 48 in train_device.py)
 FILL_SETTINGS = dict(steps=1, margin=0, samples=1, auto_ring=True, patch_weight=0.2, nlm_weight=0.8, nlm_search=11,
                      nlm_mirror=True, patch_mirror=True, refine=True)
 GENERATE_STEPS = 25

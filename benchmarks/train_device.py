@@ -202,7 +202,7 @@ def train(a):
     sampler = PatchSampler(brains, bank, cfg, preset("cpu"))
     data = batches(sampler, cfg.batch_size, seed=a.seed, workers=cfg.workers)
     names = a.variants.split(",")
-    variants = [Variant(n, *VARIANTS[n], cfg, device, a.init_weights) for n in names]
+    variants = [Variant(n, *VARIANTS[n][:2], VARIANTS[n][2] * a.lr_scale, cfg, device, a.init_weights) for n in names]
     for v in variants:
         log.info("variant %s: %d parameters, lr %g", v.name, v.params, v.lr0)
     out = Path(a.out)
@@ -268,6 +268,7 @@ def main(argv=None):
             s.add_argument("--reuse", type=int, default=2, help="device-side augmented views of each batch")
             s.add_argument("--init-weights", default=None, help="default: the packaged weights")
             s.add_argument("--export-every", type=float, default=60.0)
+            s.add_argument("--lr-scale", type=float, default=1.0, help="every variant's learning rate times this")
             s.add_argument("--log-every", type=int, default=20)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -48,6 +48,8 @@ class _ReinstateLesionInputSpec(BaseInterfaceInputSpec):
 class _ReinstateLesionOutputSpec(TraitedSpec):
     out_file = File(desc="label image with the lesion written in (when in_file was given)")
     out_mask = File(exists=True, desc="lesion mask on the output grid")
+    out_stats = File(desc="FreeSurfer-format stats of the lesion and what each structure lost to it (when in_file "
+                          "was given): <in_file name>.lesion.stats, e.g. aseg.lesion.stats")
 
 
 class ReinstateLesion(SimpleInterface):
@@ -85,6 +87,12 @@ class ReinstateLesion(SimpleInterface):
         if res.label_image is not None:
             self._results["out_file"] = core.save(
                 res.label_image, _out_name(self.inputs.in_file, self.inputs.out_suffix, runtime.cwd))
+            base = os.path.basename(self.inputs.in_file).split(".nii")[0].removesuffix(".mgz")
+            stats = os.path.join(runtime.cwd, base + ".lesion.stats")
+            with open(stats, "w") as f:
+                f.write(core.lesion_stats(self.inputs.in_file, res.label_image,
+                                          source=os.path.basename(self.inputs.in_file)))
+            self._results["out_stats"] = stats
         for msg in res.messages:
             LOGGER.info("ReinstateLesion: %s", msg)
         return runtime

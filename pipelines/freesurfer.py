@@ -8,6 +8,18 @@ from nipype.pipeline import engine as pe
 from .fill import init_fill_front
 
 
+def _write_subject_stats(stats, subjects_dir, subject_id):
+    """Copy the lesion stats into the FreeSurfer subject as ``stats/aseg.lesion.stats`` (beside aseg.stats)."""
+    import os
+    import shutil
+
+    folder = os.path.join(subjects_dir, subject_id, "stats")
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, "aseg.lesion.stats")
+    shutil.copyfile(stats, out)
+    return out
+
+
 def _pick_aparc_aseg(in_files):
     """Select ``aparc+aseg.mgz`` among ReconAll's ``aparc_aseg`` outputs."""
     import os
@@ -75,17 +87,22 @@ def init_fill_freesurfer_wf(
         ``aseg.mgz`` / ``aparc+aseg.mgz`` with the lesion written in.
     fs_mask
         Lesion mask on the conformed (``orig.mgz``) grid.
+    aseg_stats
+        ``<subjects_dir>/<subject>/stats/aseg.lesion.stats``: the lesion's volume per lesion label and what each
+        aseg structure lost to it, in FreeSurfer's stats format (:func:`usb_prep.reinstate.lesion_stats`).
     """
     from nipype.interfaces.freesurfer import ReconAll
 
     from usb_prep.interfaces.reinstate import ReinstateLesion
 
     wf, _, outputnode, fill_wf = init_fill_front(
-        name, fill_options, outputs=["subjects_dir", "subject_id", "aseg", "aparc_aseg", "fs_mask"])
+        name, fill_options, outputs=["subjects_dir", "subject_id", "aseg", "aparc_aseg", "fs_mask", "aseg_stats"])
     recon = pe.Node(ReconAll(directive=directive, subject_id=subject_id, openmp=omp_nthreads),
                     name="recon_all", n_procs=omp_nthreads)
     if subjects_dir is not None:
         recon.inputs.subjects_dir = str(subjects_dir)
+    write_stats = pe.Node(niu.Function(function=_write_subject_stats, input_names=["stats", "subjects_dir", "subject_id"],
+                                       output_names=["out_file"]), name="write_aseg_lesion_stats")
     pick = pe.Node(niu.Function(function=_pick_aparc_aseg, input_names=["in_files"],
                                 output_names=["out_file"]), name="pick_aparc_aseg")
     reinstate_aseg, reinstate_aparc = (
@@ -103,6 +120,9 @@ def init_fill_freesurfer_wf(
         (pick, reinstate_aparc, [("out_file", "in_file")]),
         (recon, outputnode, [("subjects_dir", "subjects_dir"), ("subject_id", "subject_id")]),
         (reinstate_aseg, outputnode, [("out_file", "aseg"), ("out_mask", "fs_mask")]),
+        (reinstate_aseg, write_stats, [("out_stats", "stats")]),
+        (recon, write_stats, [("subjects_dir", "subjects_dir"), ("subject_id", "subject_id")]),
+        (write_stats, outputnode, [("out_file", "aseg_stats")]),
         (reinstate_aparc, outputnode, [("out_file", "aparc_aseg")]),
     ])
     return wf

@@ -149,6 +149,8 @@ def test_bids_app_freesurfer_stub(bids_ds, tmp_path, linear_plugin, stub_recon_a
     lesion = np.asanyarray(nb.load(str(mri / "lesion.mgz")).dataobj) > 0
     assert lesion.any() and (aseg[lesion] == 25).all()
     assert (mri / "aparc+aseg.lesion.mgz").exists()
+    stats = (mri.parent / "stats" / "aseg.lesion.stats").read_text()  # beside recon-all's aseg.stats
+    assert "Left-Lesion" in stats or "Right-Lesion" in stats
 
 
 def test_rerun_after_failure_reports_it_and_removes_stale_outputs(bids_ds, tmp_path, linear_plugin, capsys,

@@ -179,3 +179,11 @@ def test_freesurfer_workflow_stub(lesion_case, tmp_path, stub_recon_all, label, 
         labels = np.asanyarray(img.dataobj)
         assert set(np.unique(labels[mask])) == expect
         assert not np.isin(labels[~mask], list(expect)).any()
+    # stats/aseg.lesion.stats in the FreeSurfer subject: the lesion rows and what the structures lost to them
+    stats = _node(nodes, "write_aseg_lesion_stats").result.outputs.out_file
+    assert stats.endswith(os.path.join("sub-01", "stats", "aseg.lesion.stats")) and os.path.exists(stats)
+    rows = [line.split() for line in open(stats) if line.strip() and not line.startswith("#")]
+    lesion = {int(r[1]): int(r[2]) for r in rows if r[-1] == "lesion"}
+    lost = {int(r[1]): int(r[2]) for r in rows if r[-1] == "lost"}
+    assert set(lesion) == expect and lost and sum(lost.values()) == sum(lesion.values()) > 0
+    assert "# ColHeaders  Index SegId NVoxels Volume_mm3 StructName" in open(stats).read()

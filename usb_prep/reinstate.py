@@ -51,6 +51,71 @@ _FS_RIGHT = frozenset(
 
 INTERPOLATIONS = ("nearest", "linear")
 
+#: FreeSurferColorLUT names of the aseg labels (and the lesion labels) the lesion stats name.
+FS_NAMES = {
+    0: "Unknown", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex", 4: "Left-Lateral-Ventricle",
+    5: "Left-Inf-Lat-Vent", 7: "Left-Cerebellum-White-Matter", 8: "Left-Cerebellum-Cortex", 10: "Left-Thalamus",
+    11: "Left-Caudate", 12: "Left-Putamen", 13: "Left-Pallidum", 14: "3rd-Ventricle", 15: "4th-Ventricle",
+    16: "Brain-Stem", 17: "Left-Hippocampus", 18: "Left-Amygdala", 24: "CSF", 25: "Left-Lesion",
+    26: "Left-Accumbens-area", 28: "Left-VentralDC", 30: "Left-vessel", 31: "Left-choroid-plexus",
+    41: "Right-Cerebral-White-Matter", 42: "Right-Cerebral-Cortex", 43: "Right-Lateral-Ventricle",
+    44: "Right-Inf-Lat-Vent", 46: "Right-Cerebellum-White-Matter", 47: "Right-Cerebellum-Cortex",
+    49: "Right-Thalamus", 50: "Right-Caudate", 51: "Right-Putamen", 52: "Right-Pallidum", 53: "Right-Hippocampus",
+    54: "Right-Amygdala", 57: "Right-Lesion", 58: "Right-Accumbens-area", 60: "Right-VentralDC",
+    62: "Right-vessel", 63: "Right-choroid-plexus", 72: "5th-Ventricle", 77: "WM-hypointensities",
+    78: "Left-WM-hypointensities", 79: "Right-WM-hypointensities", 80: "non-WM-hypointensities",
+    85: "Optic-Chiasm", 251: "CC_Posterior", 252: "CC_Mid_Posterior", 253: "CC_Central", 254: "CC_Mid_Anterior",
+    255: "CC_Anterior",
+}
+
+
+def _fs_name(label: int) -> str:
+    if label in FS_NAMES:
+        return FS_NAMES[label]
+    if 1000 <= label < 3000:
+        return f"ctx-{'lh' if label < 2000 else 'rh'}-{label % 1000}"
+    if 3000 <= label < 5000:
+        return f"wm-{'lh' if label < 4000 else 'rh'}-{label % 1000}"
+    return f"Label-{label}"
+
+
+def lesion_stats(before, after, *, source: str = "aseg.mgz") -> str:
+    """FreeSurfer-format stats of a lesion written into a segmentation (``stats/aseg.lesion.stats``).
+
+    ``before``: the segmentation as FreeSurfer wrote it; ``after``: the same with the lesion written in
+    (:func:`write_label`). One table in the ``aseg.stats`` layout (``Index SegId NVoxels Volume_mm3
+    StructName``): a row per lesion label (e.g. Left-/Right-Lesion by hemisphere), then a row per structure
+    that lost voxels to the lesion, with its voxels and volume *lost* (what recon-all's own ``aseg.stats``
+    counted as that structure). Voxel volume from the image header.
+    """
+    before, after = _load(before), _load(after)
+    a = np.asanyarray(before.dataobj).astype(np.int64)
+    b = np.asanyarray(after.dataobj).astype(np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"segmentations differ in shape: {a.shape} and {b.shape}")
+    vox = float(np.prod(before.header.get_zooms()[:3]))
+    changed = a != b
+    rows = []
+    for kind, labels in (("lesion", b[changed]), ("lost", a[changed])):
+        ids, counts = np.unique(labels, return_counts=True)
+        rows += [(kind, int(i), int(n)) for i, n in zip(ids, counts)]
+    lesion_ml = sum(n for k, _, n in rows if k == "lesion") * vox / 1000
+    lines = [
+        "# Title Segmentation Statistics",
+        "#",
+        "# generating_program usb_prep.reinstate.lesion_stats",
+        f"# SegVolFile {source} with the lesion written in",
+        "# Measure Lesion, LesionVol, Lesion volume, "
+        f"{lesion_ml * 1000:.6f}, mm^3",
+        "# Rows with SegId of a lesion label: the lesion's voxels; the other rows: voxels each structure lost to "
+        "the lesion (recon-all counted them as that structure)",
+        "# NTableCols 6",
+        "# ColHeaders  Index SegId NVoxels Volume_mm3 StructName Role",
+    ]
+    for i, (kind, label, n) in enumerate(rows, 1):
+        lines.append(f"{i:3d} {label:5d} {n:8d} {n * vox:12.1f}  {_fs_name(label):<40s} {kind}")
+    return "\n".join(lines) + "\n"
+
 
 @dataclass
 class ReinstateResult:
