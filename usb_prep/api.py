@@ -25,7 +25,7 @@ from .io import get_data, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
-from .weights import fill_settings_of, load_model, model_or_load
+from .weights import WeightsError, fill_settings_of, load_model, model_or_load
 
 __all__ = ["FillResult", "FillSettings", "METHODS", "fill_array", "fill_parts", "fill_lesion", "heal_array",
            "detect_array", "embed_array", "embed_lesion", "generate_pair", "generate_pair_array",
@@ -139,7 +139,10 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     given = {k: v for k, v in overrides.items() if v is not None}
     if method == "usb":
         if settings is None:  # unknown names, bad values and combinations fail before any work
-            fill_settings_of(weights, given)
+            try:
+                fill_settings_of(weights, given)
+            except WeightsError:  # unusable weights are reported where the model loads, after the inputs
+                FillSettings().replace(**given)
         elif not isinstance(settings, dict):
             settings.replace(**given)
     elif given or settings is not None:
