@@ -36,8 +36,8 @@ log = logging.getLogger("train_device")
 # what the run trains: name -> (model config changes on the "cpu" preset, nets initialised from the packaged
 # weights ("all", "lesion": USB_lesion only, None), lr)
 VARIANTS = {
-    "base": (dict(), "all", 2e-4),
-    "wide": (dict(brain_net=NetConfig(1, 4, 1, (16, 32, 64, 96), (False,) * 4, 1, 32, 8)), "lesion", 6e-4),
+    "base": ({}, "all", 2e-4),
+    "wide": ({"brain_net": NetConfig(1, 4, 1, (16, 32, 64, 96), (False,) * 4, 1, 32, 8)}, "lesion", 6e-4),
 }
 MAX_FILE = 15 * 2 ** 20  # larger weight files are also written in float16 (what a device run can send back)
 
@@ -207,7 +207,7 @@ def train(a):
         log.info("variant %s: %d parameters, lr %g", v.name, v.params, v.lr0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "log.jsonl", "a")
+    logf = open(out / "log.jsonl", "a")  # noqa: SIM115  (closed after the loop)
     gen = torch.Generator().manual_seed(a.seed)
     T = variants[0].model.cfg.num_train_timesteps
     budget = a.minutes * 60
