@@ -116,8 +116,8 @@ DOWNSTREAM = ("unfilled", "laplace", "niftyseg", "patch", "usb")  # the downstre
 
 
 def fill_case(model, c: Case, args, thresholds, log, downstream=None):
-    """Fill one case by every method and score it; ``downstream``: a callable (name, image) -> effect dict, run
-    on each method's output (and the unfilled input), or None."""
+    """Fill one case by every method and score it; ``downstream``: a callable image -> effect dict, run on each
+    method's output (and the unfilled input), or None."""
     from usb_prep.classical import fill_patch
 
     res, outs = {}, {"unfilled": c.image}
@@ -151,16 +151,16 @@ def fill_case(model, c: Case, args, thresholds, log, downstream=None):
 
 
 def brats_input(data: Path):
-    """The BraTS case's voided T1 scaled by its known 99.5th percentile, the inpainting mask, the affine
-    (the scale is kept as ``brats_input.scale``)."""
+    """The BraTS case's voided T1 divided by its known 99.5th percentile, the inpainting mask, the affine and
+    that scale."""
     import nibabel as nib
 
     d = data / "patients" / "brats_gli_00001"
     mask = np.asanyarray(nib.load(str(d / "inpainting_mask.nii.gz")).dataobj) > 0.5
     voided = nib.load(str(d / "t1n_voided.nii.gz"))
     v = voided.get_fdata(dtype=np.float32)
-    brats_input.scale = float(np.percentile(v[(v > 0) & ~mask], 99.5))
-    return v / brats_input.scale, mask, voided.affine
+    scale = float(np.percentile(v[(v > 0) & ~mask], 99.5))
+    return v / scale, mask, voided.affine, scale
 
 
 def brats(model, data: Path, out_dir: Path, args, log):
@@ -176,8 +176,7 @@ def brats(model, data: Path, out_dir: Path, args, log):
     except ImportError:
         return {"skipped": "pip install inpainting==0.0.12"}
     d = data / "patients" / "brats_gli_00001"
-    x, mask, affine = brats_input(data)
-    scale = brats_input.scale
+    x, mask, affine, scale = brats_input(data)
     lab, n = ndimage.label(mask)
     sizes = np.bincount(lab.ravel())[1:]
     healthy = mask & (lab != 1 + int(np.argmax(sizes))) if n > 1 else mask
@@ -333,7 +332,7 @@ def main(argv=None):
             _, info = niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap, threads=args.threads)
             log(f"{c.name}: NiftySeg {info['status']} ({info['seconds'] or 0:.0f} s)")
         if not args.no_brats:
-            x, mask, affine = brats_input(data)
+            x, mask, affine, _ = brats_input(data)
             _, info = niftyseg_fill(x, mask, affine, cap_s=args.cap, threads=args.threads)
             log(f"brats: NiftySeg {info['status']} ({info['seconds'] or 0:.0f} s)")
         return

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from usb_prep.config import NetConfig, preset
 from usb_prep.diffusion.model import USBModel
-from usb_prep.train.diffusion import PairedLoss, PatchSampler, TrainConfig, batches, export, load_bank, load_brains
+from usb_prep.train.diffusion import (PairedLoss, PatchSampler, TrainConfig, batches, draw_modes, export, load_bank,
+                                      load_brains, optimise)
 
 log = logging.getLogger("train_device")
 
@@ -135,25 +136,13 @@ class Variant:
             g["lr"] = lr
         self.model.train()
         loss, parts = self.loss(batch, t, nx, ny, modes, margins)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for net in (self.model.lesion_net, self.model.brain_net):
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        self.opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1 - ema)
+        optimise(self.model, self.ema, self.opt, loss, ema)
         return {k: float(v.detach()) for k, v in {"loss": loss, **parts}.items()}
 
 
 def draw(cfg: TrainConfig, n: int, T: int, gen: torch.Generator, device):
-    """Timesteps (antithetic), modes (fill / paired / paired with context), t = T-1 for a share of fills, margins."""
-    half = (n + 1) // 2
-    th = torch.randint(0, T, (half,), generator=gen)
-    t = torch.cat([th, T - 1 - th])[:n]
-    u = torch.rand(n, generator=gen)
-    modes = torch.where(u < cfg.p_fill, 1, torch.where(torch.rand(n, generator=gen) < cfg.p_context, 2, 0))
-    at_max = (modes == 1) & (torch.rand(n, generator=gen) < cfg.p_tmax)
-    t = torch.where(at_max, torch.full_like(t, T - 1), t)
+    """The training loop's timesteps and modes (:func:`draw_modes`) and a hole margin per sample."""
+    t, modes = draw_modes(cfg, n, T, gen, context=True)
     margins = torch.tensor(cfg.margins)[torch.randint(0, len(cfg.margins), (n,), generator=gen)]
     return t.to(device), modes.to(device), margins.to(device)
 

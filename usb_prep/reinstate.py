@@ -105,8 +105,7 @@ def lesion_stats(before, after, *, source: str = "aseg.mgz") -> str:
         "#",
         "# generating_program usb_prep.reinstate.lesion_stats",
         f"# SegVolFile {source} with the lesion written in",
-        "# Measure Lesion, LesionVol, Lesion volume, "
-        f"{lesion_ml * 1000:.6f}, mm^3",
+        f"# Measure Lesion, LesionVol, Lesion volume, {lesion_ml * 1000:.6f}, mm^3",
         "# Rows with SegId of a lesion label: the lesion's voxels; the other rows: voxels each structure lost to "
         "the lesion (recon-all counted them as that structure)",
         "# NTableCols 6",

@@ -373,6 +373,34 @@ def _like(valid: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 # --- loop ------------------------------------------------------------------------
+def draw_modes(cfg: TrainConfig, n: int, T: int, gen: torch.Generator, context: bool):
+    """One batch's timesteps (antithetic pairs t, T-1-t) and sample modes (0 paired, 1 fill, 2 paired with
+    context; context models only), a ``p_tmax`` share of fills at t = T-1; on the CPU, drawn from ``gen``."""
+    th = torch.randint(0, T, ((n + 1) // 2,), generator=gen)
+    t = torch.cat([th, T - 1 - th])[:n]
+    u = torch.rand(n, generator=gen)
+    if context:
+        modes = torch.where(u < cfg.p_fill, 1, torch.where(torch.rand(n, generator=gen) < cfg.p_context, 2, 0))
+    else:
+        modes = torch.zeros(n, dtype=torch.long)
+    if cfg.p_tmax > 0:  # the one-step fill is the estimate at t = T-1: train it directly
+        at_max = (modes == 1) & (torch.rand(n, generator=gen) < cfg.p_tmax)
+        t = torch.where(at_max, torch.full_like(t, T - 1), t)
+    return t, modes
+
+
+def optimise(model: USBModel, ema: USBModel, opt, loss: torch.Tensor, decay: float) -> None:
+    """One optimiser step on ``loss`` (gradients clipped per net), then the EMA update with ``decay``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for net in (model.lesion_net, model.brain_net):  # separately: one net's spikes do not stall the other
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
 def _decay(it: int, cfg: TrainConfig, elapsed: float) -> float:
     """Cosine factor from 1 to 0.1 over the run's budget (iterations, or minutes when that ends first),
     after a 100-iteration warm-up (a fresh optimiser on pretrained weights)."""
@@ -451,17 +479,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
     stop = False
     while it < cfg.iterations and not stop:
         batch = {k: v.to(device) for k, v in next(data).items()}
-        half = (cfg.batch_size + 1) // 2  # antithetic timesteps (t, T-1-t)
-        th = torch.randint(0, T, (half,), generator=gen)
-        t = torch.cat([th, T - 1 - th])[: cfg.batch_size].to(device)
-        u = torch.rand(cfg.batch_size, generator=gen)
-        if mcfg.context:
-            modes = torch.where(u < cfg.p_fill, 1, torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.p_context, 2, 0))
-        else:
-            modes = torch.zeros(cfg.batch_size, dtype=torch.long)
-        if cfg.p_tmax > 0:  # the one-step fill is the estimate at t = T-1: train it directly
-            at_max = (modes == 1) & (torch.rand(cfg.batch_size, generator=gen) < cfg.p_tmax)
-            t = torch.where(at_max.to(device), torch.full_like(t, T - 1), t)
+        t, modes = draw_modes(cfg, cfg.batch_size, T, gen, mcfg.context)
+        t = t.to(device)
         modes = modes.to(device)
         if cfg.lr_decay:
             for g in opt.param_groups:
@@ -475,15 +494,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
             margins = margins[torch.randint(0, len(margins), (cfg.batch_size,), generator=gen)]
         margins = margins.expand(cfg.batch_size).to(device)
         loss, parts = runner(batch, t, noise_x, noise_y, modes, margins)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for net in (model.lesion_net, model.brain_net):  # separately: one net's spikes do not stall the other
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema, (1 + it) / (10 + it))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+        optimise(model, ema, opt, loss, min(cfg.ema, (1 + it) / (10 + it)))
         it += 1
         if bar is not None:
             bar.update(1)
