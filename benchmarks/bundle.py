@@ -3,23 +3,22 @@
 Usage::
 
     python benchmarks/bundle.py OUT [--fill /work/runs/fill2/weights] [--generate /work/runs/gen2/weights]
-                                    [--refiner benchmarks/cache/refiner/ref.pt]
+                                    [--refiner benchmarks/cache/refiner/ref.pt] [--set '{"nlm_weight": 0.7}']
 
 ``--fill`` / ``--generate`` take a run's ``weights/`` export or a bundled folder (e.g. the packaged
 ``usb_prep/weights/default``, to keep its generate model while trying a new fill run); ``--refiner`` a
-state dict from ``usb-train --stage refiner`` (OUT/refine.pt) (default: the ``--fill`` folder's own refiner, if any).
+state dict from ``usb-train --stage refiner`` (OUT/refine.pt) or ``packaged`` (default: the ``--fill`` folder's own
+refiner, if any). The fill settings are those of ``--settings-from`` (default: the packaged weights, where the
+benchmark's choice lives) with ``--set`` applied: no copy of their values here.
 """
 from __future__ import annotations
 
 import argparse
+import json
 
-from usb_prep.weights import bundle
+from usb_prep.weights import bundle, fill_settings_of
 
-# the packaged defaults (chosen on the validation masks; see the model card)
-FILL_CONFIG = {}  # a run's export already sets its window (its training patch: 32 on the CPU, 48 in train_device.py)
-FILL_SETTINGS = dict(steps=1, margin=0, samples=1, auto_ring=True, patch_weight=0.2, nlm_weight=0.8, nlm_search=11,
-                     nlm_mirror=True, patch_mirror=True, refine=True)
-GENERATE_STEPS = 25
+GENERATE_STEPS = 25  # a run's export already sets the fill's window (its training patch)
 
 
 def main(argv=None):
@@ -28,9 +27,12 @@ def main(argv=None):
     p.add_argument("--fill", default="/work/runs/fill2/weights")
     p.add_argument("--generate", default="/work/runs/gen2/weights")
     p.add_argument("--refiner", default=None)
+    p.add_argument("--settings-from", default=None, help="weights whose fill settings to carry (default: packaged)")
+    p.add_argument("--set", default="{}", help="fill settings to change, as JSON")
     a = p.parse_args(argv)
-    print(bundle(a.out, fill=a.fill, generate=a.generate, fill_config=FILL_CONFIG,
-                 fill_settings=FILL_SETTINGS, generate_steps=GENERATE_STEPS, refiner=a.refiner))
+    settings = fill_settings_of(a.settings_from, json.loads(a.set)).to_dict()
+    print(bundle(a.out, fill=a.fill, generate=a.generate, fill_settings=settings, generate_steps=GENERATE_STEPS,
+                 refiner=a.refiner))
 
 
 if __name__ == "__main__":

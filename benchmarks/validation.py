@@ -89,7 +89,7 @@ def sweep(model, info, data, given, out, cmd):
                                stages=("model", "patch", "nlm"), **given)
         for w in grid:
             filled = c.image.copy()
-            filled[c.mask] = (1 - sum(w)) * parts.model[c.mask] + w[0] * parts.patch + w[1] * parts.nlm
+            filled[c.mask] = (1 - sum(w)) * parts.model[c.mask] + w[0] * parts.patch[c.mask] + w[1] * parts.nlm[c.mask]
             r = scores(filled, c)
             res[w].append((r["psnr"], r["ssim"]))
         print(c.name, flush=True)

@@ -21,7 +21,7 @@ from ._common import optional
 
 def _model_kwargs(inputs) -> dict:
     """Keyword arguments of the :mod:`usb_prep.api` model calls shared by every interface here."""
-    return dict(weights=optional(inputs.weights), steps=optional(inputs.steps), seed=inputs.seed,
+    return dict(weights=optional(inputs.weights), seed=inputs.seed,
                 device="cuda" if inputs.use_gpu else "cpu", num_threads=optional(inputs.num_threads))
 
 
@@ -44,17 +44,15 @@ def _settings(settings: dict, messages, cwd: str, name: str = "settings.json") -
 class _ModelInputSpec(BaseInterfaceInputSpec):
     weights = traits.Either(Directory(exists=True), File(exists=True),
                             desc="weights folder (default: $USB_PREP_WEIGHTS, then packaged weights)")
-    steps = traits.Int(desc="number of sampling steps (default: the model's)")
     seed = traits.Int(0, usedefault=True, desc="random seed")
     use_gpu = traits.Bool(False, usedefault=True, nohash=True, desc="run on CUDA (else CPU)")
     num_threads = traits.Int(nohash=True, desc="CPU threads for torch")
 
 
-def _setting_traits(skip=()) -> dict:
+def _setting_traits() -> dict:
     """One optional trait per :class:`usb_prep.fill.FillSettings` field (unset = the weights' default)."""
     kinds = {bool: traits.Bool, float: traits.Float, int: traits.Int}
-    return {name: kinds[kind](desc=text + " (default: the weights')")
-            for name, kind, text, _, _ in FillSettings.options() if name not in skip}
+    return {name: kinds[kind](desc=text + " (default: the weights')") for name, kind, text, _, _ in FillSettings.options()}
 
 
 class _LesionFillBaseSpec(_ModelInputSpec):
@@ -65,9 +63,9 @@ class _LesionFillBaseSpec(_ModelInputSpec):
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
 
 
-# the fill settings (usb_prep.fill.FillSettings) as optional inputs; ``steps`` comes from _ModelInputSpec
+# the fill settings (usb_prep.fill.FillSettings) as optional inputs
 _LesionFillInputSpec = type("_LesionFillInputSpec", (_LesionFillBaseSpec,),
-                            {"__module__": __name__, **_setting_traits(skip=("steps",))})
+                            {"__module__": __name__, **_setting_traits()})
 
 
 class _LesionFillOutputSpec(TraitedSpec):
@@ -98,7 +96,7 @@ class LesionFill(SimpleInterface):
             method=self.inputs.method,
             resample_mask=self.inputs.resample_mask,
             mask_kind=self.inputs.mask_kind,
-            **{k: optional(getattr(self.inputs, k)) for k in FillSettings.names() if k != "steps"},
+            **{k: optional(getattr(self.inputs, k)) for k in FillSettings.names()},
             **kw,
         )
         self._results["out_file"] = _save(res.image, "filled.nii.gz", runtime.cwd)
@@ -112,6 +110,7 @@ class LesionFill(SimpleInterface):
 class _LesionEmbedInputSpec(_ModelInputSpec):
     in_file = File(exists=True, mandatory=True, desc="healthy image")
     mask_file = File(exists=True, mandatory=True, desc="mask, 1 = where to synthesise a lesion")
+    steps = traits.Int(desc="number of sampling steps (default: the model's)")
     t_start = traits.Int(desc="diffusion start step (default: the model's)")
 
 
@@ -135,6 +134,7 @@ class LesionEmbed(SimpleInterface):
         res = embed_lesion(
             self.inputs.in_file,
             self.inputs.mask_file,
+            steps=optional(self.inputs.steps),
             t_start=optional(self.inputs.t_start),
             **_model_kwargs(self.inputs),
         )
@@ -146,6 +146,7 @@ class LesionEmbed(SimpleInterface):
 
 class _GenerateInputSpec(_ModelInputSpec):
     mask_file = File(exists=True, desc="lesion mask to condition on (omit: generate image and mask)")
+    steps = traits.Int(desc="number of sampling steps (default: the model's)")
 
 
 class _GenerateOutputSpec(TraitedSpec):
@@ -166,7 +167,7 @@ class GenerateLesionPair(SimpleInterface):
     def _run_interface(self, runtime):
         from usb_prep import api
 
-        kw = _model_kwargs(self.inputs)
+        kw = {**_model_kwargs(self.inputs), "steps": optional(self.inputs.steps)}
         if isdefined(self.inputs.mask_file):
             brain = api.generate_from_mask(self.inputs.mask_file, **kw)
             self._results["out_mask"] = os.path.abspath(self.inputs.mask_file)

@@ -177,6 +177,26 @@ def test_embed_lesion_changes_only_dilated_mask(lesion_case, tiny_weights, tmp_p
     assert res.settings["task"] == "embed" and res.settings["weights"]["sha256"]
 
 
+def test_embed_lesion_normalises_as_filling_does(lesion_case, tiny_weights, tmp_path):
+    """A z-scored image (negative background) is embedded as its unshifted original is, mapped back to its own
+    intensities: the same model input, so the same lesion up to the z-scoring."""
+    from conftest import phantom
+
+    healthy, _, _, aff = phantom(lesion_radius=0.0)
+    mu, sd = float(healthy.mean()), float(healthy.std())
+    outs = {}
+    for name, data in (("raw", healthy), ("z", (healthy - mu) / sd)):
+        path = tmp_path / f"{name}.nii.gz"
+        nib.Nifti1Image(data.astype(np.float32), aff).to_filename(str(path))
+        outs[name] = api.embed_lesion(str(path), str(lesion_case["mask"]), weights=tiny_weights, steps=STEPS, seed=0,
+                                      device="cpu", num_threads=1)
+    z = outs["z"]
+    assert z.settings["intensity_offset"] < 0 and any("negative intensities" in msg for msg in z.messages)
+    m = lesion_case["lesion"].astype(bool)
+    got, want = np.asarray(z.image.dataobj), (np.asarray(outs["raw"].image.dataobj) - mu) / sd
+    assert np.allclose(got[m], want[m], atol=1e-3 * (want.max() - want.min()))
+
+
 def test_generate_pair_on_model_grid(tiny_weights):
     brain, lesion = api.generate_pair(weights=tiny_weights, steps=STEPS, seed=0, device="cpu", num_threads=1)
     assert brain.shape == (16, 16, 16) and lesion.shape == (16, 16, 16)
@@ -246,7 +266,7 @@ def test_patch_weight_averages_model_and_classical_fills():
     """patch_weight w: (1 - w) model fill + w patch fill in the mask; w = 1 is the patch filler itself."""
     from scipy import ndimage
 
-    from usb_prep.classical import coarse_guide, fill_nlm, fill_patch
+    from usb_prep.fill.patchmatch import coarse_guide, fill_nlm, fill_patch
     from usb_prep.mirror import mirror_lr
 
     model, v, m, aff, kw = _tiny_case()
@@ -332,20 +352,48 @@ def test_ring_bias_follows_local_offsets_of_thin_lesions():
     assert np.all(field[~mask] == 0)
 
 
+def test_stages_share_one_protocol_and_run_alone():
+    """Every stage is stage(ctx, parts, settings) -> whole image; PIPELINE lists them in STAGES' order; one stage
+    runs alone on hand-made parts."""
+    from types import SimpleNamespace
+
+    from usb_prep.fill import STAGES, FillSettings
+    from usb_prep.fill.blend import blend_stage
+    from usb_prep.fill.context import FillContext
+    from usb_prep.fill.patches import patch_stage
+    from usb_prep.fill.pipeline import PIPELINE
+
+    assert tuple(name for name, _ in PIPELINE) == STAGES
+    img = np.zeros((12, 12, 12), np.float32)
+    img[2:10, 2:10, 2:10] = 0.5
+    mask = np.zeros(img.shape, bool)
+    mask[5:7, 5:7, 5:7] = True
+    ctx = FillContext(img, mask)
+    parts = SimpleNamespace(model=np.where(mask, 1.0, img).astype(np.float32), patch=np.where(mask, 0.2, img),
+                            nlm=np.where(mask, 0.4, img))
+    out = blend_stage(ctx, parts, FillSettings(patch_weight=0.25, nlm_weight=0.5))
+    assert out.shape == img.shape and np.array_equal(out[~mask], img[~mask])
+    assert np.allclose(out[mask], 0.25 * 1.0 + 0.25 * 0.2 + 0.5 * 0.4)
+    patch = patch_stage(ctx, parts, FillSettings())  # copies the known tissue (all 0.5) inwards
+    assert np.array_equal(patch[~mask], img[~mask]) and np.allclose(patch[mask], 0.5)
+
+
 def test_fill_parts_and_explicit_stages():
     """run_fill returns every part; stages are chosen explicitly or follow from the settings."""
     from usb_prep.fill.refiner import Refiner
 
     model, v, m, aff, kw = _tiny_case()
     parts = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, **kw)
-    from usb_prep.classical import fill_nlm
+    from usb_prep.fill.patchmatch import fill_nlm
 
     for search in (5, 15):  # nlm_search is the nlm fill's search window
         nlm = api.fill_parts(v, m, patch_weight=0.2, nlm_weight=0.8, nlm_search=search, **kw).nlm
-        assert np.array_equal(nlm, fill_nlm(v, m, brain=v > 0, guide=parts.model, search=search)[m])
-    assert parts.stages == ("model", "patch", "nlm", "blend")
-    assert parts.patch.shape == parts.nlm.shape == parts.blend.shape == (m.sum(),)
-    assert np.array_equal(parts.final[m], parts.blend) and np.array_equal(parts.final[~m], v[~m])
+        assert np.array_equal(nlm, fill_nlm(v, m, brain=v > 0, guide=parts.model, search=search))
+    assert parts.stages == ("model", "patch", "nlm", "blend") and parts.refine is None
+    for part in (parts.model, parts.patch, parts.nlm, parts.blend):  # whole images, the input outside the mask
+        assert part.shape == v.shape and np.array_equal(part[~m], v[~m])
+    assert np.array_equal(parts.final, parts.blend) and np.array_equal(parts.final[~m], v[~m])
+    assert set(parts.seconds) == set(parts.stages)
     model_only = api.fill_parts(v, m, stages=("model",), patch_weight=0.2, nlm_weight=0.8, **kw)
     assert model_only.patch is None and np.array_equal(model_only.final, parts.model)
     with pytest.raises(ValueError, match="unknown fill stages"):

@@ -3,7 +3,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from usb_prep.classical import coarse_guide, fill_image, fill_nlm, fill_patch, fill_wmstats, kmeans_1d
+from usb_prep.classical import fill_image, fill_wmstats, kmeans_1d
+from usb_prep.fill.patchmatch import coarse_guide, fill_nlm, fill_patch
 
 FILLERS = [fill_wmstats, fill_patch, fill_nlm]
 

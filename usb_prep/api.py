@@ -52,6 +52,19 @@ def intensity_offset(data: np.ndarray) -> float:
     return float(lo) if p1 < 0 else 0.0
 
 
+def normalise(data: np.ndarray, mask: np.ndarray | None, messages: list, done: str = "filled"
+              ) -> tuple[np.ndarray, float, float]:
+    """``(image, scale, offset)``: the image the models read (background 0, brain about [0, 1]; shifted or
+    z-scored inputs are shifted first, see :func:`intensity_offset`) and how to map values back
+    (``value * scale + offset``). Filling and embedding both read images this way."""
+    offset = intensity_offset(data)
+    if offset:
+        messages.append(f"the image has negative intensities: {done} after shifting its background ({offset:g}) to 0")
+    data0 = np.maximum(data - offset, 0) if offset else data
+    scale = intensity_scale(data0, mask)
+    return (data0 / scale).astype(np.float32), scale, offset
+
+
 def check_mask(data: np.ndarray, mask: np.ndarray, voxel_ml: float, messages: list) -> None:
     """Refuse masks that cannot be filled sensibly; note large ones. ``data``: offset, non-negative."""
     fg = data > 0.05 * intensity_scale(data)
@@ -163,15 +176,10 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
         if m is not None and not m.any():
             out_img = like_input(data, img, where=np.zeros(data.shape, bool))
             return FillResult(out_img, _mask_img(m, img), record, messages)
-        offset = intensity_offset(data)
-        if offset:
-            messages.append(f"the image has negative intensities: filled after shifting its background ({offset:g}) to 0")
-        data0 = np.maximum(data - offset, 0) if offset else data
         vox = _voxel_size(img)
+        v, scale, offset = normalise(data, m, messages)
         if m is not None:
-            check_mask(data0, m, float(np.prod(vox)) / 1000, messages)
-        scale = intensity_scale(data0, m)
-        v = (data0 / scale).astype(np.float32)
+            check_mask(v, m, float(np.prod(vox)) / 1000, messages)
         if method == "usb":
             dev = resolve_device(device)
             model, info = load_model(weights, "fill", dev)
@@ -219,13 +227,12 @@ def embed_lesion(image, mask, *, weights=None, steps=None, t_start=None, seed: i
     with threads(num_threads):
         dev = resolve_device(device)
         model, info = load_model(weights, "fill", dev)
-        scale = intensity_scale(data)
-        out = embed_array((data / scale).astype(np.float32), m, model=model, steps=steps, t_start=t_start, seed=seed,
-                          device=dev, progress=progress)
+        v, scale, offset = normalise(data, m, messages, done="embedded")
+        out = embed_array(v, m, model=model, steps=steps, t_start=t_start, seed=seed, device=dev, progress=progress)
     region = ndimage.binary_dilation(m, iterations=2)
     settings = {"task": "embed", "seed": seed, "steps": steps, "t_start": t_start, "weights": info,
-                "intensity_scale": scale, "usb_prep_version": __version__}
-    return FillResult(like_input(out.astype(np.float64) * scale, img, where=region), _mask_img(m, img), settings,
-                      messages)
+                "intensity_scale": scale, "intensity_offset": offset, "usb_prep_version": __version__}
+    return FillResult(like_input(out.astype(np.float64) * scale + offset, img, where=region), _mask_img(m, img),
+                      settings, messages)
 
 

@@ -84,10 +84,6 @@ class ModelConfig:
     window: int | None = None  # patch models: run USB_brain in windows of this edge (the training patch)
     training: dict = field(default_factory=dict)  # summary of how the weights were made
 
-    @property
-    def brain_cond_channels(self) -> int:
-        return self.brain_net.cond_channels
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

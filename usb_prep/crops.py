@@ -63,6 +63,24 @@ def bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
                  for i, n in zip(idx, mask.shape))
 
 
+def box_of(mask: np.ndarray, margin: int) -> Box:
+    """:func:`bbox` as a :class:`Box`."""
+    sl = bbox(mask, margin)
+    return Box(tuple(s.start for s in sl), tuple(s.stop for s in sl))
+
+
+def pad_to(arr: np.ndarray, divisor: int, min_size: int = 0) -> np.ndarray:
+    """``arr`` zero-padded at the far end of each axis to a multiple of ``divisor`` and at least ``min_size``."""
+    shape = [max(-(-s // divisor) * divisor, min_size) for s in arr.shape]
+    return extract(arr, Box((0, 0, 0), tuple(shape)))
+
+
+def zoom_to(arr: np.ndarray, shape, order: int) -> np.ndarray:
+    """``arr`` resampled to ``shape`` (grid mode: voxel areas line up), zero outside."""
+    out = ndimage.zoom(arr, [s / a for s, a in zip(shape, arr.shape)], order=order, grid_mode=True, mode="grid-constant")
+    return extract(out, Box((0, 0, 0), tuple(shape)))
+
+
 def _grow(b: Box, divisor: int, min_size: int) -> Box:
     lo, hi = [], []
     for a, c in zip(b.lo, b.hi):

@@ -35,11 +35,6 @@ def is_heldout_mask(path: str | Path) -> bool:
     return int(digest, 16) % _HELDOUT_MODULUS == 0
 
 
-def is_heldout_brain(name: str) -> bool:
-    """Return True when a healthy brain (by cohort name, e.g. ``otsu_head``) is held out."""
-    return Path(name).name.split("_T1w")[0] in HELDOUT_BRAINS
-
-
 def list_masks(root: str | Path, split: str = "train") -> list[Path]:
     """List lesion masks ``root/{soop,ms,neglect}/*.nii*`` of one split.
 

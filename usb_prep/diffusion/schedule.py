@@ -96,7 +96,7 @@ class NoiseSchedule(nn.Module):
         Returns ``(x_prev, x0_hat)``.
         """
         x0_hat = self.predict_x0(x_t, eps, t)  # x0 = (x_t - sqrt(1-a_t) eps) / sqrt(a_t)
-        return self.step_from(eps, x0_hat, t_prev), x0_hat  # the one DDIM update the samplers use
+        return self.step_from(eps, x0_hat, t_prev), x0_hat  # the samplers call step_from with their own x0_hat
 
 
 def step_pairs(timesteps: list[int]) -> list[tuple[int, int]]:

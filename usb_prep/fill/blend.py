@@ -17,14 +17,23 @@ from .settings import FillSettings
 
 def blend(ctx: FillContext, settings: FillSettings, model: np.ndarray, patch: np.ndarray | None,
           nlm: np.ndarray | None) -> np.ndarray:
-    """The blend's values over the mask (``model``: whole image; ``patch``, ``nlm``: mask values or None)."""
-    w_patch, w_nlm = settings.patch_weight, settings.nlm_weight
-    out = (1 - w_patch - w_nlm) * model[ctx.mask]
+    """The blend's values over the mask (the parts are whole images; ``patch``, ``nlm`` None where they did not
+    run and have no weight)."""
+    w_patch, w_nlm, m = settings.patch_weight, settings.nlm_weight, ctx.mask
+    out = (1 - w_patch - w_nlm) * model[m]
     if w_patch > 0:
-        out += w_patch * patch
+        out += w_patch * patch[m]
     if w_nlm > 0:
-        out = out + w_nlm * nlm
+        out = out + w_nlm * nlm[m]
     return out
+
+
+def blend_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
+    """Stage "blend": the whole image with the blend (smoothed by ``settings.smooth``) in the working mask."""
+    values = blend(ctx, settings, parts.model, parts.patch, parts.nlm)
+    if settings.smooth > 0:
+        values = smooth(ctx, values, settings.smooth)
+    return ctx.whole(values)
 
 
 def smooth(ctx: FillContext, values: np.ndarray, sigma: float) -> np.ndarray:

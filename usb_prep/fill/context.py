@@ -1,9 +1,11 @@
-"""What every stage of one fill call shares, built once: the image, the mask, the brain, the mirror."""
+"""What every stage of one fill call shares, built once: the image, the mask, the brain, the mirror, the model."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -13,13 +15,18 @@ from ..mirror import mirror_lr
 @dataclass
 class FillContext:
     """One fill call's inputs. ``image``: normalised float32 (brain ~[0, 1], background 0); ``mask``: bool,
-    1 = to fill; ``affine`` tells which voxel axis is left-right (None: axis 0)."""
+    1 = to fill; ``affine`` tells which voxel axis is left-right (None: axis 0). ``model``, ``device`` and
+    ``progress`` are the call's fill model (its ``refiner`` too), torch device and progress bar, set by
+    :func:`usb_prep.fill.pipeline.run_fill`."""
 
     image: np.ndarray
     mask: np.ndarray
     affine: np.ndarray | None = None
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     seed: int = 0
+    model: Any = None
+    device: Any = "cpu"
+    progress: Any = None
 
     def __post_init__(self):
         self.image = np.asarray(self.image, np.float32)
@@ -45,7 +52,7 @@ class FillContext:
 
     def grown(self, extra: np.ndarray) -> FillContext:
         """The same call with ``extra`` voxels added to the mask."""
-        return FillContext(self.image, self.mask | extra, self.affine, self.voxel_size, self.seed)
+        return dataclasses.replace(self, mask=self.mask | extra)
 
     def whole(self, values: np.ndarray) -> np.ndarray:
         """A whole image: ``values`` (the mask's voxels) inside the mask, the image elsewhere."""

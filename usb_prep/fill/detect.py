@@ -8,7 +8,6 @@ import torch
 from .. import crops
 from ..diffusion import sampling
 from ..runtime import generator
-from .model_fill import pad_to, zoom_to
 
 
 @torch.inference_mode()
@@ -24,16 +23,15 @@ def detect_array(image: np.ndarray, model, *, steps: int = 6, seed: int = 0, dev
     fg = image > 0.05 if brain is None else brain
     if not fg.any():
         return np.zeros(image.shape, bool)
-    idx = np.argwhere(fg)
-    box = crops.Box(tuple(idx.min(0) - 2), tuple(idx.max(0) + 3))
+    box = crops.box_of(fg, 2)
     v = crops.extract(image.astype(np.float32), box)
     zoom = np.asarray(voxel_size, float) / detect_mm
     shape = np.maximum(1, np.round(np.array(v.shape) * zoom)).astype(int)
-    vz = pad_to(zoom_to(v, shape, 1), model.divisor * model.downsample)
+    vz = crops.pad_to(crops.zoom_to(v, shape, 1), model.divisor * model.downsample)
     y0 = model.encode_image(torch.from_numpy(vz)[None, None].to(dev))
     x = sampling.detect_lesion(model, y0, steps=steps, t_start=model.cfg.num_train_timesteps - 1,
                                generator=generator(seed))
     soft = model.decode_mask(x)[0, 0].float().cpu().numpy()[tuple(slice(0, n) for n in shape)]
     out = np.zeros(image.shape, np.float32)
-    crops.paste(out, box, zoom_to(soft, v.shape, 1), np.ones(image.shape, bool))
+    crops.paste(out, box, crops.zoom_to(soft, v.shape, 1), np.ones(image.shape, bool))
     return (out >= threshold) & fg

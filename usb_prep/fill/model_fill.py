@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from .. import crops
+from ..crops import pad_to, zoom_to
 from ..diffusion import sampling
 from ..runtime import Progress, generator
 from .context import FillContext
@@ -30,14 +31,9 @@ def model_fill(model, ctx: FillContext, settings: FillSettings, device, progress
     return _fill_crops(model, ctx, settings, device, progress, calibrate)
 
 
-def zoom_to(arr: np.ndarray, shape, order: int) -> np.ndarray:
-    out = ndimage.zoom(arr, [s / a for s, a in zip(shape, arr.shape)], order=order, grid_mode=True, mode="grid-constant")
-    return crops.extract(out, crops.Box((0, 0, 0), tuple(shape)))
-
-
-def pad_to(arr: np.ndarray, divisor: int, min_size: int = 0):
-    shape = [max(-(-s // divisor) * divisor, min_size) for s in arr.shape]
-    return crops.extract(arr, crops.Box((0, 0, 0), tuple(shape)))
+def model_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
+    """Stage "model": :func:`model_fill` by the call's model (``ctx.model``)."""
+    return model_fill(ctx.model, ctx, settings, ctx.device, ctx.progress)
 
 
 def _fill_crops(model, ctx, settings, dev, progress, calibrate) -> np.ndarray:

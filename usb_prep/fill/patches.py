@@ -1,4 +1,4 @@
-"""Stages "patch" and "nlm": fills that copy tissue from the image itself (:mod:`usb_prep.classical`).
+"""Stages "patch" and "nlm": fills that copy tissue from the image itself (:mod:`.patchmatch`).
 
 The patch fill copies one near-best patch centre per voxel (NiftySeg-like texture); the nlm fill the
 mean of the best patches, its distances guided by a layout estimate inside the lesion (the model's
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..classical import coarse_guide, fill_nlm, fill_patch
+from .blend import blend
 from .context import FillContext
+from .patchmatch import coarse_guide, fill_nlm, fill_patch
 from .settings import FillSettings
 
 
@@ -35,3 +36,19 @@ def nlm_fill(ctx: FillContext, guide: np.ndarray, settings: FillSettings) -> np.
     extra = ctx.mirrored if settings.nlm_mirror else None
     return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra,
                     search=settings.nlm_search)[ctx.mask]
+
+
+def patch_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
+    """Stage "patch": the whole image with the patch fill in the working mask."""
+    return ctx.whole(patch_fill(ctx, settings))
+
+
+def nlm_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
+    """Stage "nlm": the whole image with the nlm fill in the working mask; the first pass guided by the model's
+    fill (:func:`nlm_guide`), each further one (``nlm_passes``) by the blend of the parts so far."""
+    nlm = ctx.whole(nlm_fill(ctx, nlm_guide(ctx, parts.model, settings), settings))
+    for _ in range(settings.nlm_passes - 1):
+        ctx.progress.update(1)
+        guide = ctx.whole(blend(ctx, settings, parts.model, parts.patch, nlm))
+        nlm = ctx.whole(nlm_fill(ctx, guide, settings))
+    return nlm

@@ -1,12 +1,19 @@
 """The known-mask fill as named stages: model -> patch, nlm -> blend -> refine.
 
-:func:`run_fill` returns every part it computed (:class:`FillParts`), so benchmarks and refiner
-training read parts instead of re-running the fill with weights set to 0. Which stages run is explicit
-(``stages=``) or follows from the settings (:meth:`FillSettings.stages`).
+Every stage has one shape, ``stage(ctx, parts, settings) -> image``: it reads the call's
+:class:`FillContext` (image, working mask, model, device, progress) and the parts earlier stages made, and
+returns its own part, a whole image that differs from ``ctx.image`` only inside the working mask.
+:data:`PIPELINE` lists them in order: adding, reordering or dropping a stage is one line there (and its name
+in :data:`usb_prep.fill.settings.STAGES`, which the torch-free front ends read).
+
+:func:`run_fill` returns every part it computed (:class:`FillParts`), so benchmarks and refiner training read
+parts instead of re-running the fill with weights set to 0. Which stages run is explicit (``stages=``) or
+follows from the settings (:meth:`FillSettings.stages`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -14,24 +21,30 @@ import numpy as np
 import torch
 
 from ..runtime import Progress
-from .blend import blend, smooth
+from .blend import blend_stage
 from .context import FillContext
-from .model_fill import model_fill
-from .patches import nlm_fill, nlm_guide, patch_fill
+from .model_fill import model_stage
+from .patches import nlm_stage, patch_stage
+from .refiner import refine_stage
 from .rims import missed_rims
-from .settings import STAGES, FillSettings
+from .settings import STAGES, FillSettings, fallback
+
+PIPELINE = (("model", model_stage), ("patch", patch_stage), ("nlm", nlm_stage), ("blend", blend_stage),
+            ("refine", refine_stage))
+RESULTS = ("refine", "blend", "model")  # the fill is the part of the first of these that ran
 
 
 @dataclass
 class FillParts:
-    """The parts of one fill. ``model`` and ``final`` are whole images; ``patch``, ``nlm`` and ``blend`` the
-    working mask's voxels (None where the stage did not run). The working mask is the mask grown by
-    ``auto_ring`` and ``ring`` (the mask itself without them); ``final`` differs from the image only inside the mask."""
+    """The parts of one fill, each a whole image (None where its stage did not run): ``model``, ``patch``,
+    ``nlm``, ``blend``, ``refine`` differ from the image inside the working mask (the mask grown by
+    ``auto_ring`` and ``ring``; the mask itself without them); ``final`` is the fill, written in the mask only."""
 
-    model: np.ndarray
+    model: np.ndarray | None = None
     patch: np.ndarray | None = None
     nlm: np.ndarray | None = None
     blend: np.ndarray | None = None
+    refine: np.ndarray | None = None
     final: np.ndarray | None = None
     stages: tuple[str, ...] = ()
     mask: np.ndarray | None = None  # the working mask
@@ -65,69 +78,36 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
         ctx = ctx.grown(rims) if rims.any() else ctx
     if settings.ring:
         ctx = ctx.widened(settings.ring)
-    refiner = getattr(model, "refiner", None)
-    stages = check_stages(stages, settings, refiner)
+    stages = check_stages(stages, settings, getattr(model, "refiner", None))
     if settings.t_start is not None and not 0 <= settings.t_start < model.cfg.num_train_timesteps:
         raise ValueError(f"t_start must be in [0, {model.cfg.num_train_timesteps - 1}], got {settings.t_start}")
-    extra = len(stages) - 1 + (settings.nlm_passes - 1 if "nlm" in stages else 0)
-    bar = Progress(extra, progress, "filling")
-    clock = [time.perf_counter()]
-
-    def done(name, units=1):
-        now = time.perf_counter()
-        parts.seconds[name] = parts.seconds.get(name, 0.0) + now - clock[0]
-        clock[0] = now
-        bar.update(units)
-
+    bar = Progress(len(stages) + (settings.nlm_passes - 1 if "nlm" in stages else 0), progress, "filling")
+    ctx = dataclasses.replace(ctx, model=model, device=device, progress=bar)
+    parts = FillParts(stages=stages, mask=ctx.mask, rim_voxels=0 if rims is None else int(rims.sum()))
     try:
-        bar.stage("model")
-        parts = FillParts(model=model_fill(model, ctx, settings, device, bar), stages=stages, mask=ctx.mask,
-                          rim_voxels=0 if rims is None else int(rims.sum()))
-        done("model", units=0)  # the model stage counted its own steps
-        if not ctx.mask.any():
-            parts.final = given.image.copy()
-            return parts
-        if "patch" in stages:
-            bar.stage("patch")
-            parts.patch = patch_fill(ctx, settings)
-            done("patch")
-        if "nlm" in stages:
-            bar.stage("nlm")
-            parts.nlm = nlm_fill(ctx, nlm_guide(ctx, parts.model, settings), settings)
-            done("nlm")
-            for _ in range(settings.nlm_passes - 1):  # each further pass guided by the previous blend
-                guide = ctx.whole(blend(ctx, settings, parts.model, parts.patch, parts.nlm))
-                parts.nlm = nlm_fill(ctx, guide, settings)
-                done("nlm")
-        final = parts.model
-        if "blend" in stages:
-            bar.stage("blend")
-            parts.blend = blend(ctx, settings, parts.model, parts.patch, parts.nlm)
-            if settings.smooth > 0:
-                parts.blend = smooth(ctx, parts.blend, settings.smooth)
-            final = ctx.whole(parts.blend)
-            done("blend")
-        if "refine" in stages:
-            from .refiner import refine_fill
-
-            bar.stage("refine")
-            values = refine_fill(refiner, ctx.image, ctx.mask, parts.model, ctx.whole(parts.patch),
-                                 ctx.whole(parts.nlm), final)
-            final = ctx.whole(values)
-            done("refine")
-        parts.final = final if ctx is given else np.where(given.mask, final, given.image)
-        return parts
+        for name, stage in PIPELINE:
+            if name not in stages:
+                continue
+            bar.stage(name)
+            t0 = time.perf_counter()
+            setattr(parts, name, stage(ctx, parts, settings))
+            parts.seconds[name] = time.perf_counter() - t0
+            bar.update(1)
+            if not ctx.mask.any():  # nothing to fill: the model stage returned the image
+                break
     finally:
         bar.close()
+    final = next(getattr(parts, n) for n in RESULTS if getattr(parts, n) is not None)
+    parts.final = final if ctx.mask is given.mask else np.where(given.mask, final, given.image)
+    return parts
 
 
 def settings_for(model, settings: FillSettings | dict | None = None, **overrides) -> FillSettings:
-    """The fill settings for ``model``: ``settings`` (default: the weights' own, :attr:`model.fill_settings`,
-    or the dataclass defaults with the model config's steps and the refiner where the model has one), with
-    ``overrides`` (``None`` = keep) applied."""
+    """The fill settings for ``model``: ``settings`` (default: the weights' own, :attr:`model.fill_settings`, or
+    for a model not loaded from weights :func:`usb_prep.fill.settings.fallback`), with ``overrides``
+    (``None`` = keep) applied."""
     if settings is None:
-        settings = getattr(model, "fill_settings", None) or FillSettings(
-            steps=model.cfg.default_steps, refine=getattr(model, "refiner", None) is not None)
+        settings = getattr(model, "fill_settings", None) or fallback(getattr(model, "refiner", None) is not None)
     elif isinstance(settings, dict):
         settings = FillSettings.from_dict(settings)
     return settings.replace(**overrides)

@@ -111,3 +111,9 @@ def refine_fill(net: Refiner, image, mask, model_fill, patch_fill, nlm_fill, ble
         r = r[0, 0].float().cpu().numpy()[tuple(slice(0, s) for s in base.shape)]
         crops.paste(out, box, base + r, mask)
     return out[mask]
+
+
+def refine_stage(ctx, parts, settings) -> np.ndarray:
+    """Stage "refine": the whole image with the model's refiner (``ctx.model.refiner``) run over the blend."""
+    return ctx.whole(refine_fill(ctx.model.refiner, ctx.image, ctx.mask, parts.model, parts.patch, parts.nlm,
+                                 parts.blend))

@@ -32,8 +32,9 @@ def _kind(f) -> type:
 class FillSettings:
     """Settings of the default fill (model fill -> patch and nlm fills -> blend -> refiner).
 
-    The defaults here are the fallback for weights without a ``fill_settings`` block; the packaged
-    weights carry the benchmark's choice (:func:`packaged`).
+    Weights carry their own values in their ``usb.json`` (the packaged ones the benchmark's choice,
+    :func:`packaged`); those are every front end's defaults. The field defaults here are only the
+    fallback for weights without that block and for models not loaded from weights (:func:`fallback`).
     """
 
     steps: int = _f(20, "sampling steps of the model fill", 1, 1000)
@@ -119,6 +120,12 @@ class FillSettings:
         return tuple(chosen)
 
 
+def fallback(has_refiner: bool) -> FillSettings:
+    """The settings of weights without a ``fill_settings`` block: the field defaults, the refiner on where the
+    weights ship one."""
+    return FillSettings(refine=has_refiner)
+
+
 def from_manifest(manifest: dict, has_refiner: bool) -> FillSettings:
     """The fill settings of a weights manifest: its ``fill_settings`` block, else (older weights) the fill
     model config's ``default_*`` keys, the refiner on where the weights ship one."""
@@ -130,7 +137,7 @@ def from_manifest(manifest: dict, has_refiner: bool) -> FillSettings:
         legacy = {new: cfg[old] for old, new in LEGACY_KEYS.items() if old in cfg}
         if "default_steps" in cfg:
             legacy["steps"] = cfg["default_steps"]
-        s = FillSettings(**legacy, refine=has_refiner)
+        s = fallback(has_refiner).replace(**legacy)
     if s.refine and not has_refiner:
         raise ValueError("the weights' fill settings say refine, but the weights ship no refiner")
     return s

@@ -78,12 +78,10 @@ def fill_parts(model, image, mask, affine):
     """The three parts the refiner reads (whole images): the model's own fill, the classical patch fill and
     the nlm fill guided by the model's (one pass, no coarse guide), under the model's fill settings."""
     from .. import api
-    from ..fill.context import FillContext
 
     parts = api.fill_parts(image, mask, model=model, device="cpu", affine=affine, stages=("model", "patch", "nlm"),
                            nlm_passes=1, nlm_coarse=False)
-    ctx = FillContext(image, mask)
-    return parts.model, ctx.whole(parts.patch), ctx.whole(parts.nlm)
+    return parts.model, parts.patch, parts.nlm
 
 
 def _banks(cfg: RefinerConfig, ref):
@@ -117,9 +115,7 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
         return None
     img = paint_t1w(truth, brain, m, rng)
     u, pf, nf = fill_parts(model, img, m, aff)
-    idx = np.argwhere(m)  # the lesions' box with CONTEXT known voxels, as refine_fill crops
-    sl = tuple(slice(a, c) for a, c in zip(np.maximum(idx.min(0) - CONTEXT, 0),
-                                           np.minimum(idx.max(0) + CONTEXT + 1, m.shape)))
+    sl = crops.bbox(m, CONTEXT)  # the lesions' box with CONTEXT known voxels, as refine_fill crops
     return dict(truth=truth[sl], img=img[sl], mask=m[sl], u=u[sl], pf=pf[sl], nf=nf[sl],
                 brain_name=b["name"], mask_name=e["name"])
 
