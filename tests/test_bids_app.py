@@ -197,3 +197,78 @@ def test_two_subjects_with_multiproc(bids_ds, tmp_path, capfd):
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if "nipype.workflow" in ln and "Workflow" in ln]
     assert len(lines) == len(set(lines)), "nipype log lines printed twice"
+
+
+def _bids_validator():
+    """A BIDS validator command line, or None: the npm ``bids-validator`` or the ``bids-validator-deno`` package."""
+    import shutil
+
+    for name in ("bids-validator", "bids-validator-deno"):
+        if shutil.which(name):
+            return [shutil.which(name)]
+    return None
+
+
+def test_filled_dataset_is_a_raw_bids_dataset_for_the_next_app(bids_ds, tmp_path, linear_plugin):
+    """--filled-dataset: the input's tree, the filled T1w in place of the original (sidecar says so), the mask used
+    as _label-lesion_roi, other files hard-linked, a raw dataset_description; the input untouched."""
+    import os
+    import subprocess
+
+    (bids_ds / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\nsub-03\n")
+    (bids_ds / "sub-01/anat/sub-01_T1w.json").write_text(json.dumps({"RepetitionTime": 2.3}))
+    (bids_ds / "derivatives/other").mkdir(parents=True)
+    (bids_ds / "derivatives/other/note.txt").write_text("not carried over")
+    raw_before = (bids_ds / "sub-01/anat/sub-01_T1w.nii.gz").read_bytes()
+    ds = tmp_path / "filled"
+    code = main(_args(bids_ds, tmp_path, "--participant-label", "01", "02", "--use-plugin", str(linear_plugin),
+                      "--filled-dataset", str(ds)))
+    assert code == 0
+    out = tmp_path / "out"
+    # the filled image sits under the raw name, bit-identical to the derivative; the input is unchanged
+    img = ds / "sub-01/anat/sub-01_T1w.nii.gz"
+    assert img.read_bytes() == (out / "sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz").read_bytes()
+    assert (bids_ds / "sub-01/anat/sub-01_T1w.nii.gz").read_bytes() == raw_before != img.read_bytes()
+    assert (ds / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz").read_bytes() == (
+        out / "sub-02/ses-1/anat/sub-02_ses-1_desc-lesionfilled_T1w.nii.gz").read_bytes()
+    side = json.loads((ds / "sub-01/anat/sub-01_T1w.json").read_text())
+    assert side["RepetitionTime"] == 2.3  # the raw sidecar's fields kept
+    assert side["LesionFilling"]["Source"] == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert side["LesionFilling"]["method"] == "wmstats"
+    assert json.loads((bids_ds / "sub-01/anat/sub-01_T1w.json").read_text()) == {"RepetitionTime": 2.3}
+    # the mask the fill used, under fMRIPrep's name
+    roi = ds / "sub-01/anat/sub-01_label-lesion_roi.nii.gz"
+    assert roi.read_bytes() == (out / "sub-01/anat/sub-01_label-lesion_mask.nii.gz").read_bytes()
+    # sub-03 was not asked for: linked as it is (same inode), as are the other files; derivatives/ left out
+    for rel in ("sub-03/anat/sub-03_T1w.nii.gz", "participants.tsv"):
+        assert os.stat(ds / rel).st_ino == os.stat(bids_ds / rel).st_ino
+    assert not (ds / "derivatives").exists()
+    desc = json.loads((ds / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "raw" and desc["GeneratedBy"][-1]["Name"] == "usb_prep"
+    assert desc["SourceDatasets"] == [{"URL": bids_ds.absolute().as_uri()}]
+    assert "*_label-lesion_roi.nii*" in (ds / ".bidsignore").read_text().splitlines()
+    validator = _bids_validator()
+    if validator is not None:  # CI installs bids-validator-deno (pyproject: test extra)
+        r = subprocess.run([*validator, str(ds)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    # a rerun may rewrite the folder usb_prep wrote; never a foreign or the input's own folder
+    assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "--use-plugin", str(linear_plugin),
+                      "--filled-dataset", str(ds))) == 0
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    for bad in (foreign, bids_ds / "sub-01", bids_ds):
+        assert main(_args(bids_ds, tmp_path, "--participant-label", "01", "--filled-dataset", str(bad))) == 2
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(_bids_validator() is None, reason="no BIDS validator installed (pip install bids-validator-deno)")
+def test_bids_validator_rejects_a_broken_dataset(tmp_path):
+    """The validator the test above relies on does fail on an invalid dataset (so its pass means something)."""
+    import subprocess
+
+    bad = tmp_path / "bad"
+    (bad / "sub-01/anat").mkdir(parents=True)
+    (bad / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"not a nifti")
+    r = subprocess.run([*_bids_validator(), str(bad)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0

@@ -67,6 +67,11 @@ def get_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="random seed")
     f.add_argument("--use-gpu", action="store_true", help="run the model on CUDA")
     f.add_argument("--skull-stripped", action="store_true", help="inputs are skull-stripped (sidecars)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--filled-dataset", type=Path, metavar="DIR",
+                   help="also write DIR: a raw BIDS dataset for the next app (fMRIPrep, sMRIPrep, FastSurfer): the "
+                        "input's tree with each filled T1w in place of the original and the lesion mask as "
+                        "_label-<kind>_roi")
     d = p.add_argument_group("downstream")
     d.add_argument("--downstream", choices=["none", "freesurfer", "ants", "niftyreg"], default="none",
                    help="run one downstream workflow on the filled image and reinstate the lesion")
@@ -257,6 +262,29 @@ def write_dataset_description(opts) -> None:
                     core.dataset_description(version=__version__, bids_dir=opts.bids_dir))
 
 
+def write_filled(opts, plan: Plan, ok) -> dict:
+    """``--filled-dataset``: the input dataset with the T1w images of the subjects in ``ok`` filled
+    (:func:`usb_prep.bids.write_filled_dataset`), the masks the fills used beside them."""
+    import dataclasses
+
+    from usb_prep import __version__
+    from usb_prep import bids as core
+
+    out = opts.output_dir.absolute()
+    desc = core.FILLED_DESC[opts.mask_kind]
+    entries = [dataclasses.replace(e, mask=out / core.derivative_name(e, label=opts.mask_kind, suffix="mask"))
+               for e in plan.entries if e.key in ok]
+    filled = {e.t1w: out / core.derivative_name(e, desc=desc, suffix="T1w") for e in entries}
+    settings = {k: v for k, v in _fill_options(opts).items() if k not in ("use_gpu",)}
+    counts = core.write_filled_dataset(opts.bids_dir, opts.filled_dataset, filled, entries, version=__version__,
+                                       mask_kind=opts.mask_kind, settings=settings)
+    unfilled = [e.key for e in plan.entries if e.key not in ok] + [key for key, _ in plan.skipped]
+    LOGGER.warning("filled dataset %s: %d images filled, %d masks, %d other files linked%s", opts.filled_dataset,
+                   counts["filled"], counts["masks"], counts["linked"],
+                   f"; NOT filled (copied as they are): {', '.join(unfilled)}" if unfilled else "")
+    return counts
+
+
 def _validate(bids_dir: Path) -> list[str]:
     problems = []
     if not bids_dir.is_dir():
@@ -282,11 +310,14 @@ def main(argv=None) -> int:
         for msg in deps:
             LOGGER.error(msg)
         return EXIT_DEPENDENCY
+    from usb_prep.bids import check_filled_dataset_dir
     from usb_prep.weights import WeightsError, fill_settings_of
 
     try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
         fill = _fill_options(opts)
         fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}))
+        if opts.filled_dataset:
+            check_filled_dataset_dir(opts.filled_dataset, opts.bids_dir)
     except (ValueError, WeightsError) as e:
         LOGGER.error("%s", e)
         return EXIT_USAGE
@@ -323,6 +354,8 @@ def main(argv=None) -> int:
                      f"; removed {len(gone)} stale output(s) of an earlier run" if gone else "")
     LOGGER.info("finished in %.0f s", time.time() - started)
     ok = [k for k in plan.expected if k not in failed]
+    if opts.filled_dataset:
+        write_filled(opts, plan, ok)
     print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")
     return EXIT_OK if not failed and not plan.skipped else EXIT_SUBJECTS_FAILED
 
