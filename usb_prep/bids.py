@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .io import sidecar_path
+
 MASK_KINDS = ("lesion", "artifact")
 #: ``desc`` of the filled T1w per mask kind.
 FILLED_DESC = {"lesion": "lesionfilled", "artifact": "artifactfilled"}
@@ -322,6 +324,7 @@ def write_filled_dataset(bids_dir, out_dir, filled: Mapping[Path, Path], entries
     src, out = Path(bids_dir).absolute(), Path(out_dir).absolute()
     check_filled_dataset_dir(out, src)
     filled = {Path(k).absolute(): Path(v) for k, v in filled.items()}
+    sidecars = {sidecar_path(raw) for raw in filled}  # written anew below, not linked
     counts = {"filled": 0, "linked": 0, "masks": 0}
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
@@ -333,12 +336,11 @@ def write_filled_dataset(bids_dir, out_dir, filled: Mapping[Path, Path], entries
         if path in filled:
             copy_derivative(filled[path], out / rel)
             counts["filled"] += 1
-        elif sidecar_of(path, filled) is None:
+        elif path not in sidecars:
             _link_or_copy(path, out / rel)
             counts["linked"] += 1
-    for raw, result in filled.items():  # sidecars: the raw one's fields (if any) and how it was filled
-        rel = raw.relative_to(src)
-        side_src, side_dst = _json_of(raw), _json_of(out / rel)
+    for raw in filled:  # sidecars: the raw one's fields (if any) and how it was filled
+        side_src, side_dst = sidecar_path(raw), sidecar_path(out / raw.relative_to(src))
         data = json.loads(side_src.read_text()) if side_src.exists() else {}
         data["LesionFilling"] = {"GeneratedBy": f"usb_prep {version}", "Source": bids_uri(raw, src),
                                  "Description": f"voxels of the {mask_kind} mask replaced by usb_prep's fill; "
@@ -355,24 +357,6 @@ def write_filled_dataset(bids_dir, out_dir, filled: Mapping[Path, Path], entries
     (out / ".bidsignore").write_text("\n".join(lines + ([pattern] if pattern not in lines else [])) + "\n")
     write_json(out / "dataset_description.json", filled_dataset_description(src, version=version))
     return counts
-
-
-def _json_of(image: Path) -> Path:
-    name = image.name
-    for ext in (".nii.gz", ".nii", ".mgz"):
-        if name.endswith(ext):
-            return image.with_name(name[: -len(ext)] + ".json")
-    return image.with_suffix(".json")
-
-
-def sidecar_of(path: Path, filled: Mapping[Path, Path]):
-    """The filled image whose sidecar ``path`` is (written anew, not linked), else None."""
-    if path.suffix != ".json":
-        return None
-    for raw in filled:
-        if _json_of(raw) == path:
-            return raw
-    return None
 
 
 def filled_dataset_description(bids_dir, *, version: str) -> dict:

@@ -17,9 +17,9 @@ from .settings import FillSettings
 
 
 def patch_fill(ctx: FillContext, settings: FillSettings) -> np.ndarray:
-    """The classical patch fill's values over the mask."""
+    """The whole image with the classical patch fill in the mask (the image, bit for bit, elsewhere)."""
     extra = ctx.mirrored if settings.patch_mirror else None
-    return fill_patch(ctx.image, ctx.mask, np.random.default_rng(ctx.seed), brain=ctx.brain, extra=extra)[ctx.mask]
+    return fill_patch(ctx.image, ctx.mask, np.random.default_rng(ctx.seed), brain=ctx.brain, extra=extra)
 
 
 def nlm_guide(ctx: FillContext, model_fill: np.ndarray, settings: FillSettings) -> np.ndarray:
@@ -32,23 +32,21 @@ def nlm_guide(ctx: FillContext, model_fill: np.ndarray, settings: FillSettings) 
 
 
 def nlm_fill(ctx: FillContext, guide: np.ndarray, settings: FillSettings) -> np.ndarray:
-    """The nlm fill's values over the mask, its patch distances seeing ``guide`` inside the mask."""
+    """The whole image with the nlm fill in the mask, its patch distances seeing ``guide`` inside the mask."""
     extra = ctx.mirrored if settings.nlm_mirror else None
-    return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra,
-                    search=settings.nlm_search)[ctx.mask]
+    return fill_nlm(ctx.image, ctx.mask, brain=ctx.brain, guide=guide, extra=extra, search=settings.nlm_search)
 
 
 def patch_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
     """Stage "patch": the whole image with the patch fill in the working mask."""
-    return ctx.whole(patch_fill(ctx, settings))
+    return patch_fill(ctx, settings)
 
 
 def nlm_stage(ctx: FillContext, parts, settings: FillSettings) -> np.ndarray:
     """Stage "nlm": the whole image with the nlm fill in the working mask; the first pass guided by the model's
     fill (:func:`nlm_guide`), each further one (``nlm_passes``) by the blend of the parts so far."""
-    nlm = ctx.whole(nlm_fill(ctx, nlm_guide(ctx, parts.model, settings), settings))
+    nlm = nlm_fill(ctx, nlm_guide(ctx, parts.model, settings), settings)
     for _ in range(settings.nlm_passes - 1):
         ctx.progress.update(1)
-        guide = ctx.whole(blend(ctx, settings, parts.model, parts.patch, nlm))
-        nlm = ctx.whole(nlm_fill(ctx, guide, settings))
+        nlm = nlm_fill(ctx, ctx.whole(blend(ctx, settings, parts.model, parts.patch, nlm)), settings)
     return nlm

@@ -84,6 +84,7 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
     bar = Progress(len(stages) + (settings.nlm_passes - 1 if "nlm" in stages else 0), progress, "filling")
     ctx = dataclasses.replace(ctx, model=model, device=device, progress=bar)
     parts = FillParts(stages=stages, mask=ctx.mask, rim_voxels=0 if rims is None else int(rims.sum()))
+    empty = not ctx.mask.any()  # nothing to fill: the model stage returns the image, the rest is skipped
     try:
         for name, stage in PIPELINE:
             if name not in stages:
@@ -93,7 +94,7 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
             setattr(parts, name, stage(ctx, parts, settings))
             parts.seconds[name] = time.perf_counter() - t0
             bar.update(1)
-            if not ctx.mask.any():  # nothing to fill: the model stage returned the image
+            if empty:
                 break
     finally:
         bar.close()
