@@ -56,8 +56,11 @@ def _setting_traits() -> dict:
 
 
 class _LesionFillBaseSpec(_ModelInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="T1w image to fill")
-    mask_file = File(exists=True, desc="mask, 1 = lesion/artifact to fill (omit: mask-free healing)")
+    in_file = File(exists=True, mandatory=True, desc="T1w, T2w or FLAIR image to fill")
+    mask_file = File(exists=True, desc="mask, 1 = lesion/artifact to fill (omit: mask-free healing, T1w only)")
+    contrast = traits.Enum("auto", "t1w", "t2w", "flair", usedefault=True,
+                           desc="in_file's contrast; auto: from its BIDS suffix or JSON sidecar (an error when neither "
+                                "tells)")
     method = traits.Enum(*METHODS, usedefault=True, desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
@@ -96,6 +99,7 @@ class LesionFill(SimpleInterface):
             method=self.inputs.method,
             resample_mask=self.inputs.resample_mask,
             mask_kind=self.inputs.mask_kind,
+            contrast=self.inputs.contrast,
             **{k: optional(getattr(self.inputs, k)) for k in FillSettings.names()},
             **kw,
         )

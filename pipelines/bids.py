@@ -28,12 +28,12 @@ def init_bids_subject_wf(
     omp_nthreads: int = 1,
     name: str | None = None,
 ):
-    """Fill one T1w, optionally run a downstream tool, write BIDS derivatives.
+    """Fill one anatomical image, optionally run a downstream tool (T1w only), write BIDS derivatives.
 
     Parameters
     ----------
     entry : usb_prep.bids.AnatInput
-        T1w and mask (``mask`` None: mask-free healing).
+        Image (T1w, T2w or FLAIR) and mask (``mask`` None: mask-free healing, T1w only).
     bids_dir, output_dir : path
         Raw dataset and derivatives folder.
     fill_options : dict, optional
@@ -78,7 +78,10 @@ def init_bids_subject_wf(
     if downstream not in DOWNSTREAMS:
         raise ValueError(f"downstream must be one of {DOWNSTREAMS}")
     output_dir = Path(output_dir).absolute()
-    fill_options = {**(fill_options or {}), "mask_kind": mask_kind, "omp_nthreads": omp_nthreads}
+    fill_options = {**(fill_options or {}), "mask_kind": mask_kind, "omp_nthreads": omp_nthreads,
+                    "contrast": entry.contrast}
+    if entry.suffix != "T1w":  # FreeSurfer, ANTs and NiftyReg workflows here read T1w images
+        downstream = "none"
     to_template = downstream in ("ants", "niftyreg")
     fs_dir = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
     wf = pe.Workflow(name=name or entry.key.replace("-", "_"))
@@ -96,7 +99,7 @@ def init_bids_subject_wf(
     else:
         core_wf = init_fill_niftyreg_wf(fill_options=fill_options, segment=template_dseg is None,
                                         niftyreg_dir=niftyreg_dir, omp_nthreads=omp_nthreads)
-    core_wf.inputs.inputnode.in_file = str(entry.t1w)
+    core_wf.inputs.inputnode.in_file = str(entry.image)
     if entry.mask is not None:
         core_wf.inputs.inputnode.mask_file = str(entry.mask)
     if to_template:
@@ -106,7 +109,7 @@ def init_bids_subject_wf(
         if template_dseg:
             core_wf.inputs.inputnode.template_dseg = str(template_dseg)
 
-    t1w_uri = core.bids_uri(entry.t1w, bids_dir)
+    t1w_uri = core.bids_uri(entry.image, bids_dir)
     sources = [t1w_uri] + ([core.bids_uri(entry.mask, bids_dir)] if entry.mask is not None else [])
 
     def sink(name, rel, metadata=None, base=output_dir):
@@ -116,13 +119,12 @@ def init_bids_subject_wf(
             node.inputs.metadata = metadata
         return node
 
-    desc = core.FILLED_DESC[mask_kind]
-    ds_t1w = sink("ds_filled", core.derivative_name(entry, desc=desc, suffix="T1w"),
+    ds_t1w = sink("ds_filled", core.filled_name(entry, mask_kind),
                   core.image_sidecar(sources, skull_stripped=skull_stripped,
                                      extra={"MaskKind": mask_kind, "MaskFree": entry.mask is None}))
-    ds_mask = sink("ds_mask", core.derivative_name(entry, label=mask_kind, suffix="mask"),
+    ds_mask = sink("ds_mask", core.mask_name(entry, mask_kind),
                    core.mask_sidecar(sources, mask_kind=mask_kind))
-    report = pe.Node(LesionReport(before=str(entry.t1w), title=entry.key,
+    report = pe.Node(LesionReport(before=str(entry.image), title=entry.key,
                                   caption=f"{mask_kind.capitalize()} filling ({downstream} downstream)"),
                      name="report")
     ds_report = sink("ds_report", f"{entry.key}.html")
@@ -135,7 +137,7 @@ def init_bids_subject_wf(
     ])
     space = {"space": template_space}
     if to_template:
-        ds_tmask = sink("ds_template_mask", core.derivative_name(entry, label=mask_kind, suffix="mask", **space),
+        ds_tmask = sink("ds_template_mask", core.mask_name(entry, mask_kind, **space),
                         core.mask_sidecar(sources, mask_kind=mask_kind, extra={"Registration": downstream}))
         ds_dseg = sink("ds_template_dseg", core.derivative_name(entry, desc=mask_kind, suffix="dseg", **space),
                        {"Sources": sources, "LesionLabel": 7, "Registration": downstream})

@@ -17,9 +17,10 @@ def init_lesion_fill_wf(
     mask_kind: str = "lesion",
     resample_mask: bool = False,
     fill_settings: dict | None = None,
+    contrast: str = "auto",
     name: str = "lesion_fill_wf",
 ):
-    """Fill a lesion (or an artifact) in a T1w image.
+    """Fill a lesion (or an artifact) in a T1w, T2w or FLAIR image.
 
     Parameters
     ----------
@@ -40,13 +41,15 @@ def init_lesion_fill_wf(
     fill_settings : dict, optional
         Known-mask fill settings (fields of :class:`usb_prep.fill.FillSettings`, e.g.
         ``{"steps": 2, "refine": False}``); the rest keep the weights' defaults.
+    contrast : {"auto", "t1w", "t2w", "flair"}
+        The image's contrast (``auto``: from its BIDS suffix or sidecar).
     name : str
         Workflow name.
 
     Inputs
     ------
     in_file
-        T1w image.
+        T1w, T2w or FLAIR image.
     mask_file
         Mask, 1 = lesion/artifact to fill.  Leave undefined for mask-free
         healing.
@@ -64,13 +67,13 @@ def init_lesion_fill_wf(
     from usb_prep.weights import fill_settings_of
 
     if method == "usb":  # the settings that will run: bad values and combinations fail here, not in the node
-        fill_settings_of(weights, fill_settings)
+        fill_settings_of(weights, fill_settings, "t1w" if contrast == "auto" else contrast)
 
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes()
     fill = pe.Node(
         LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind,
-                   resample_mask=resample_mask),
+                   resample_mask=resample_mask, contrast=contrast),
         name="lesion_fill",
         n_procs=omp_nthreads,
     )

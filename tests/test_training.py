@@ -232,3 +232,33 @@ def test_loss_ignores_invalid_voxels():
     assert not torch.allclose(total, loss(dict(batch, valid=half), *args)[0])
     none, parts = loss(dict(batch, valid=torch.zeros(shape)), *args)
     assert none.item() == 0 and parts["lesion"].item() == 0 and parts["brain"].item() == 0
+
+
+def test_sampler_synthesises_t2w_and_flair_with_bright_lesions(cohort, tmp_path):
+    """contrast "T2w,FLAIR": both contrasts drawn, the ventricle brighter than tissue on T2w and darker on
+    FLAIR, lesions painted brighter than the tissue they replace; generation models refuse it."""
+    from usb_prep.config import preset
+    from usb_prep.train.diffusion import GridSampler, PatchSampler, load_bank, load_brains
+
+    brains_dir, masks = cohort
+    cfg = _cfg(cohort, tmp_path / "o", 1, contrast="T2w,FLAIR", p_empty=0.0, p_spatial=0.0)
+    brains = load_brains(brains_dir)
+    sampler = PatchSampler(brains, load_bank(cfg, (N, N, N), _affine()), cfg, preset("tiny"))
+    rng = np.random.default_rng(0)
+    brighter = darker = bright_lesions = lesions = 0
+    for _ in range(30):
+        s = sampler.sample(rng)
+        h, p, m = s["healthy"], s["patho"], s["mask"] > 0.5
+        assert np.isfinite(h).all() and np.isfinite(p).all()
+        vals = h[h > 0.05]
+        if vals.size > 50:
+            lo, hi = np.percentile(vals, (5, 95))
+            brighter += int(hi > 1.5 * np.median(vals))  # T2w: CSF well above tissue
+            darker += int(lo < 0.6 * np.median(vals))
+        if m.sum() > 10:
+            lesions += 1
+            bright_lesions += int(p[m].mean() > h[m].mean())
+    assert brighter and darker
+    assert lesions and bright_lesions >= 0.8 * lesions
+    with pytest.raises(ValueError, match="T1w only"):
+        GridSampler(brains, [], cfg, preset("tiny", grid=(8, 8, 8), voxel_mm=4.0, context=False, mirror=False))

@@ -7,6 +7,7 @@ Arrays in, arrays out (``*_array``) for pipelines that hold data in memory; imag
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,11 +22,11 @@ from .fill.context import FillContext
 from .fill import detect
 from .fill.pipeline import FillParts, run_fill, settings_for
 from .fill.settings import METHODS, FillSettings
-from .io import get_data, like_input, load_image, mask_array
+from .io import get_data, image_contrast, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
-from .weights import WeightsError, fill_settings_of, load_model, model_or_load
+from .weights import WeightsError, fill_role, fill_settings_of, load_model, model_or_load
 
 __all__ = ["FillResult", "FillSettings", "METHODS", "fill_array", "fill_parts", "fill_lesion", "heal_array",
            "detect_array", "embed_array", "embed_lesion", "generate_pair", "generate_pair_array",
@@ -140,9 +141,11 @@ def _voxel_size(img) -> tuple[float, float, float]:
 
 def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto", method: str = "usb",
                 resample_mask: bool = False, progress: bool = False, num_threads: int | None = None,
-                mask_kind: str = "lesion", settings=None, **overrides) -> FillResult:
-    """Fill the lesion (mask 1 = lesion) in a NIfTI/MGZ image; without a mask, heal mask-free.
+                mask_kind: str = "lesion", settings=None, contrast: str = "t1w", **overrides) -> FillResult:
+    """Fill the lesion (mask 1 = lesion) in a NIfTI/MGZ image; without a mask, heal mask-free (T1w only).
 
+    ``contrast``: the image's contrast (t1w, t2w, flair; ``"auto"``: told by the file name's BIDS suffix or its
+    sidecar, else an error): the weights' model for that contrast fills the lesion.
     ``settings`` / ``overrides``: the fill settings (:class:`FillSettings` fields; ``method="usb"`` only).
     The returned image has the input's header, affine, shape and dtype, and every voxel outside the
     mask keeps its stored value bit for bit.
@@ -150,10 +153,17 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    contrast = str(contrast).lower()
+    if contrast == "auto":  # told by the file name or sidecar; an image that tells nothing fails after its checks
+        contrast = image_contrast(image) if isinstance(image, (str, os.PathLike)) else None
+    role = fill_role(contrast) if contrast else None  # unknown contrasts fail here
+    if mask is None and contrast not in ("t1w", None):
+        raise ValueError(f"mask-free healing (no mask) reads T1w images only; give the lesion mask of this "
+                         f"{contrast} image")
     if method == "usb":
         if settings is None:  # unknown names, bad values and combinations fail before any work
             try:
-                fill_settings_of(weights, given)
+                fill_settings_of(weights, given, contrast or "t1w")
             except WeightsError:  # unusable weights are reported where the model loads, after the inputs
                 FillSettings().replace(**given)
         elif not isinstance(settings, dict):
@@ -168,7 +178,11 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     m = None
     if mask is not None:
         m = mask_array(load_image(mask, what="mask"), img, resample_mask=resample_mask, messages=messages)
-    record = {"method": method, "seed": seed, "mask_kind": mask_kind, "usb_prep_version": __version__,
+    if contrast is None and (method == "usb" or mask is None):
+        raise ValueError(f"cannot tell the contrast of {image} from its name (BIDS suffix _T1w, _T2w, _FLAIR) or its "
+                         "sidecar: give it (--contrast t1w|t2w|flair)")
+    record = {"method": method, "contrast": contrast, "seed": seed, "mask_kind": mask_kind,
+              "usb_prep_version": __version__,
               "torch_version": torch.__version__, "mask_given": mask is not None,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with threads(num_threads):
@@ -182,7 +196,7 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
             check_mask(v, m, float(np.prod(vox)) / 1000, messages)
         if method == "usb":
             dev = resolve_device(device)
-            model, info = load_model(weights, "fill", dev)
+            model, info = load_model(weights, role, dev)
             s = settings_for(model, settings, **given)
             record.update(weights=info, device=str(dev), **s.to_dict())
             kw = dict(model=model, settings=s, seed=seed, voxel_size=vox, device=dev, progress=progress,

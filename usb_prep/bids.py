@@ -6,7 +6,7 @@ No Nipype here.
 
 Inputs
 ------
-* T1w images: ``sub-<l>[/ses-<l>]/anat/*_T1w.nii[.gz]``.
+* Anatomical images: ``sub-<l>[/ses-<l>]/anat/*_T1w.nii[.gz]`` (``_T2w``, ``_FLAIR`` when asked for).
 * Masks (1 = lesion/artifact): ``sub-<l>[_ses-<l>]_label-lesion_roi.nii.gz``
   in ``anat/`` (fMRIPrep's convention), or, in a derivatives folder,
   ``sub-<l>[_ses-<l>]_..._label-lesion_..._mask.nii.gz``.  With
@@ -69,20 +69,36 @@ def build_name(entities: Mapping, suffix: str, extension: str = ".nii.gz") -> st
     return "_".join([f"{k}-{entities[k]}" for k in keys] + [suffix]) + extension
 
 
+#: BIDS suffixes of the anatomical images the app fills, and the fill's contrast for each.
+SUFFIX_CONTRAST = {"T1w": "t1w", "T2w": "t2w", "FLAIR": "flair"}
+
+
 @dataclass
 class AnatInput:
-    """One T1w image to fill and its mask (``mask`` None when not found)."""
+    """One anatomical image (T1w, T2w or FLAIR) to fill and its mask (``mask`` None when not found)."""
 
     subject: str
     session: str | None
-    t1w: Path
+    image: Path
     mask: Path | None
     entities: dict = field(default_factory=dict)
 
     @property
+    def suffix(self) -> str:
+        """The image's BIDS suffix (T1w, T2w, FLAIR)."""
+        return self.entities.get("suffix", "T1w")
+
+    @property
+    def contrast(self) -> str:
+        """The fill's contrast name for the image (t1w, t2w, flair)."""
+        return SUFFIX_CONTRAST[self.suffix]
+
+    @property
     def key(self) -> str:
-        """``sub-01[_ses-1][_acq-x][_run-1]``: unique, used for node names."""
-        return build_name({k: v for k, v in self.entities.items() if k != "suffix"}, "", "").rstrip("_")
+        """``sub-01[_ses-1][_acq-x][_run-1][_FLAIR]``: unique, used for node names (T1w, the usual image,
+        has no suffix in its key)."""
+        key = build_name({k: v for k, v in self.entities.items() if k != "suffix"}, "", "").rstrip("_")
+        return key if self.suffix == "T1w" else f"{key}_{self.suffix}"
 
     @property
     def anat_dir(self) -> str:
@@ -97,8 +113,8 @@ def _mask_matches(name: str, kind: str, derivatives: bool) -> bool:
     return f"_label-{kind}_roi.nii" in name
 
 
-def _find_mask(t1w_ents: dict, folders: Iterable[Path], kind: str, derivatives: bool) -> Path | None:
-    """Best mask for a T1w: same sub/ses, then the most shared entities."""
+def _find_mask(image_ents: dict, folders: Iterable[Path], kind: str, derivatives: bool) -> Path | None:
+    """Best mask for an image: same sub/ses, then the most shared entities."""
     best, best_score = None, -1
     for folder in folders:
         if not folder.is_dir():
@@ -107,11 +123,11 @@ def _find_mask(t1w_ents: dict, folders: Iterable[Path], kind: str, derivatives: 
             if not _mask_matches(cand.name, kind, derivatives):
                 continue
             ents = parse_entities(cand)
-            if ents.get("sub") != t1w_ents.get("sub") or ents.get("ses") != t1w_ents.get("ses"):
+            if ents.get("sub") != image_ents.get("sub") or ents.get("ses") != image_ents.get("ses"):
                 continue
             if ents.get("space") not in (None, "T1w", "orig"):
                 continue
-            clash = [k for k in ("acq", "run", "rec", "ce") if k in ents and ents[k] != t1w_ents.get(k)]
+            clash = [k for k in ("acq", "run", "rec", "ce") if k in ents and ents[k] != image_ents.get(k)]
             if clash:
                 continue
             score = sum(1 for k in ("acq", "run", "rec", "ce") if k in ents)
@@ -127,8 +143,9 @@ def collect_anat(
     session_labels: Iterable[str] | None = None,
     mask_kind: str = "lesion",
     masks_dir=None,
+    suffixes: Iterable[str] = ("T1w",),
 ) -> tuple[list[AnatInput], list[str]]:
-    """Find T1w images and their masks.
+    """Find anatomical images (``suffixes``: T1w, T2w, FLAIR) and their masks.
 
     Parameters
     ----------
@@ -141,16 +158,22 @@ def collect_anat(
     masks_dir : path, optional
         Derivatives folder holding ``_label-<kind>_..._mask`` files; searched
         before ``anat/``.
+    suffixes : iterable of str
+        Which images to fill (keys of :data:`SUFFIX_CONTRAST`); each uses the mask found for it.
 
     Returns
     -------
     inputs : list of AnatInput
-        One entry per T1w (``mask`` None when none was found).
+        One entry per image (``mask`` None when none was found).
     problems : list of str
-        Subjects asked for but not found, or without any T1w.
+        Subjects asked for but not found, or without any such image.
     """
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"mask_kind must be one of {MASK_KINDS}")
+    suffixes = list(dict.fromkeys(suffixes))
+    bad = [s for s in suffixes if s not in SUFFIX_CONTRAST]
+    if bad or not suffixes:
+        raise ValueError(f"suffixes must be among {', '.join(SUFFIX_CONTRAST)}, got {bad or suffixes}")
     bids_dir = Path(bids_dir)
     subjects = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     problems = []
@@ -168,9 +191,10 @@ def collect_anat(
             ses = adir.parent.name[4:] if adir.parent.name.startswith("ses-") else None
             if sessions_wanted is not None and ses not in sessions_wanted:
                 continue
-            for t1w in sorted(list(adir.glob("sub-*_T1w.nii.gz")) + list(adir.glob("sub-*_T1w.nii"))):
+            images = [p for sfx in suffixes for p in sorted(adir.glob(f"sub-*_{sfx}.nii.gz")) + sorted(adir.glob(f"sub-*_{sfx}.nii"))]
+            for image in images:
                 found = True
-                ents = parse_entities(t1w)
+                ents = parse_entities(image)
                 folders = []
                 if masks_dir is not None:
                     mdir = Path(masks_dir) / f"sub-{sub}"
@@ -179,9 +203,9 @@ def collect_anat(
                 mask = _find_mask(ents, folders, mask_kind, derivatives=True) if folders else None
                 if mask is None:
                     mask = _find_mask(ents, [adir], mask_kind, derivatives=False)
-                inputs.append(AnatInput(sub, ses, t1w.absolute(), mask.absolute() if mask else None, ents))
+                inputs.append(AnatInput(sub, ses, image.absolute(), mask.absolute() if mask else None, ents))
         if not found:
-            problems.append(f"sub-{sub}: no T1w image")
+            problems.append(f"sub-{sub}: no {' or '.join(suffixes)} image")
     return inputs, problems
 
 
@@ -190,6 +214,18 @@ def derivative_name(entry: AnatInput, *, suffix: str, extension: str = ".nii.gz"
     ents = {k: v for k, v in entry.entities.items() if k != "suffix"}
     ents.update({k: v for k, v in entities.items() if v})
     return f"{entry.anat_dir}/{build_name(ents, suffix, extension)}"
+
+
+def filled_name(entry: AnatInput, mask_kind: str = "lesion") -> str:
+    """The filled image's derivative path: ``..._desc-lesionfilled_<suffix>.nii.gz``."""
+    return derivative_name(entry, desc=FILLED_DESC[mask_kind], suffix=entry.suffix)
+
+
+def mask_name(entry: AnatInput, mask_kind: str = "lesion", **entities) -> str:
+    """The mask's derivative path: ``..._label-<kind>_mask.nii.gz`` (T1w); other images' masks say whose they
+    are (``..._label-<kind>_desc-FLAIR_mask.nii.gz``), as one subject's T1w and FLAIR may both be filled."""
+    desc = None if entry.suffix == "T1w" else entry.suffix
+    return derivative_name(entry, label=mask_kind, suffix="mask", desc=desc, **entities)
 
 
 def bids_uri(path, bids_dir, dataset: str = "raw") -> str:
@@ -346,8 +382,8 @@ def write_filled_dataset(bids_dir, out_dir, filled: Mapping[Path, Path], entries
                                  "Description": f"voxels of the {mask_kind} mask replaced by usb_prep's fill; "
                                                 "every other voxel as in the source", **dict(settings or {})}
         write_json(side_dst, data)
-    for entry in entries:
-        if entry.t1w.absolute() not in filled or entry.mask is None:
+    for entry in sorted(entries, key=lambda e: e.suffix == "T1w"):  # one roi per subject: the T1w's wins
+        if entry.image.absolute() not in filled or entry.mask is None:
             continue
         _link_or_copy(Path(entry.mask), out / filled_mask_name(entry, mask_kind))  # replaces a linked raw one
         counts["masks"] += 1

@@ -37,6 +37,38 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
+# The last entity of a file name (BIDS suffix; FreeSurfer's T1-weighted volumes) -> contrast.
+NAME_CONTRAST = {"t1w": "t1w", "t1": "t1w", "orig": "t1w", "nu": "t1w", "norm": "t1w", "brain": "t1w",
+                 "t2w": "t2w", "t2": "t2w", "flair": "flair"}
+# Words in a sidecar's SeriesDescription / ProtocolName, the first found wins (FLAIR before T2: "t2_flair");
+# "flair", "mprage", "spgr" anywhere in a word, "t1"/"t2" as a word or with "w" ("t2_tse", "T1w").
+SIDECAR_WORDS = (("flair", "flair"), ("t2", "t2w"), ("mprage", "t1w"), ("spgr", "t1w"), ("t1", "t1w"))
+
+
+def image_contrast(path: str | os.PathLike) -> str | None:
+    """The contrast (t1w, t2w, flair) a file name tells (its BIDS suffix: ``sub-1_FLAIR.nii.gz``; ``T1w.nii.gz``;
+    FreeSurfer's ``orig.mgz``), else its JSON sidecar's ``SeriesDescription`` or ``ProtocolName``; ``None``
+    when neither does."""
+    import re
+
+    stem = strip_suffix(path).name.lower()
+    found = NAME_CONTRAST.get(stem.rsplit("_", 1)[-1])
+    if found:
+        return found
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            return None
+        for key in ("SeriesDescription", "ProtocolName"):
+            words = re.split(r"[^a-z0-9]+", str(meta.get(key, "")).lower())
+            for word, contrast in SIDECAR_WORDS:
+                if any(w in (word, word + "w") or len(word) > 2 and word in w for w in words):
+                    return contrast
+    return None
+
+
 def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:
     """Load and validate a 3D NIfTI/MGZ (a path or an already loaded image).
 

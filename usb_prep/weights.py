@@ -8,8 +8,9 @@
      "refiner": {"file": "refine.safetensors", "sha256": "...", "channels": [16, 32, 48]},
      "fill_settings": {"steps": 1, "margin": 0, ...}}
 
-``fill`` runs the editing tasks (known-mask filling, healing, embedding) and
-``generate`` the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
+``fill`` runs the editing tasks (known-mask filling, healing, embedding) on T1w images, ``fill_t2w`` and
+``fill_flair`` (optional) fill T2w and FLAIR images (their own fill settings under ``contrast_settings``:
+the refiner belongs to the T1w fill), and ``generate`` runs the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
 is the known-mask fill's last stage, attached to the fill model as ``model.refiner``, and
 ``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as ``model.fill_settings``.
 A folder may hold one model under both roles (the converted ``paper`` model does).  Folders are resolved in one
@@ -35,8 +36,24 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "USB_PREP_WEIGHTS"
 MANIFEST = "usb.json"
-ROLES = ("fill", "generate")
+ROLES = ("fill", "fill_t2w", "fill_flair", "generate")
 REFINER_FILE = "refine.safetensors"
+
+
+def fill_role(contrast: str = "t1w") -> str:
+    """The manifest role that fills images of ``contrast`` (t1w, t2w, flair)."""
+    from .data.contrast import parse_contrasts
+
+    cs = parse_contrasts(contrast)
+    if len(cs) != 1:
+        raise ValueError(f"one contrast per image, got {contrast!r}")
+    c = cs[0]
+    return "fill" if c == "t1w" else f"fill_{c}"
+
+
+def _contrast_of(role: str) -> str | None:
+    """The contrast a fill role fills (``None`` for other roles)."""
+    return "t1w" if role == "fill" else role[5:] if role.startswith("fill_") else None
 
 
 def packaged_weights_dir() -> Path:
@@ -103,6 +120,7 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
     entries: dict[str, dict] = {}
     written: dict[int, str] = {}
     refiner = settings = None
+    per_contrast: dict[str, dict] = {}
     for role, model in role_to_model.items():
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
@@ -115,9 +133,13 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
         if role == "fill":
             refiner = getattr(model, "refiner", None)
             settings = getattr(model, "fill_settings", None)
+        elif role.startswith("fill_") and getattr(model, "fill_settings", None) is not None:
+            per_contrast[_contrast_of(role)] = model.fill_settings.to_dict()
     manifest = {"format": 1, "models": entries, **(extra or {})}
     if settings is not None:
         manifest["fill_settings"] = settings.to_dict()
+    if per_contrast and "contrast_settings" not in manifest:  # extra's block wins (models shared by contrasts)
+        manifest["contrast_settings"] = per_contrast
     if refiner is not None:
         manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
@@ -167,7 +189,9 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     man = read_manifest(folder)
     entry = man["models"].get(role)
     if entry is None:
-        raise WeightsError(f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})")
+        raise WeightsError(f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})"
+                           + (f": these weights cannot fill {_contrast_of(role)} images (train a model with usb-train "
+                              "--contrast, or fill with --method patch)" if role.startswith("fill_") else ""))
     path, digest, state = _checked_state(folder, entry, "weights file")
     cfg = ModelConfig.from_dict(entry["config"])
     model = USBModel(cfg)
@@ -176,9 +200,9 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if role == "fill" and "refiner" in man:
         model.refiner = load_refiner(folder, man["refiner"])
-    if role == "fill":
+    if _contrast_of(role) is not None:
         try:
-            model.fill_settings = from_manifest(man, model.refiner is not None)
+            model.fill_settings = from_manifest(man, getattr(model, "refiner", None) is not None, _contrast_of(role))
         except ValueError as e:
             raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     model.eval().requires_grad_(False).to(device)  # inference only: no autograd graph, no gradient memory
@@ -193,15 +217,19 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     return model, info
 
 
-def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict | None = None):
+def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict | None = None, contrast: str = "t1w"):
     """The fill settings that will run with ``weights`` (resolved as :func:`load_model` does, read from its
     ``usb.json`` without loading a model) and the user's ``overrides``. Unknown names, bad values and bad
     combinations with the weights' own values (``patch_weight + nlm_weight > 1``) raise ``ValueError``: every
-    front end calls this before any work."""
+    front end calls this before any work. ``contrast``: the settings of the model that fills that contrast."""
     folder = resolve_weights(weights)
     man = read_manifest(folder)
+    role = fill_role(contrast)
+    if role not in man["models"]:
+        raise WeightsError(f"{folder / MANIFEST} has no {role!r} model: these weights cannot fill {contrast} images "
+                           "(train a model with usb-train --contrast, or fill with --method patch)")
     try:
-        settings = from_manifest(man, "refiner" in man)
+        settings = from_manifest(man, "refiner" in man and role == "fill", _contrast_of(role))
     except ValueError as e:
         raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     return settings.replace(**(overrides or {}))
@@ -243,17 +271,43 @@ def load_refiner_state(spec: str | os.PathLike):
     return net.eval()
 
 
+def _contrast_models(fill, contrasts, contrast_settings) -> tuple[dict, dict]:
+    """``({role: model}, {contrast: settings dict})`` of the non-T1w fills: those of the ``fill`` folder, replaced
+    by ``contrasts`` (contrast -> a run's export or a bundled folder). One file per distinct model (sha256)."""
+    from .fill.settings import fallback
+
+    man = read_manifest(resolve_weights(fill))
+    sources = {c: fill for c in ("t2w", "flair") if fill_role(c) in man["models"]}
+    sources.update(contrasts or {})
+    models, settings, by_sha = {}, {}, {}
+    for c, folder in sources.items():
+        folder_man = read_manifest(resolve_weights(folder))
+        role = fill_role(c) if fill_role(c) in folder_man["models"] else "fill"
+        sha = folder_man["models"][role]["sha256"]
+        if sha not in by_sha:
+            by_sha[sha], _ = load_model(folder, role)
+        models[fill_role(c)] = by_sha[sha]
+        given = (contrast_settings or {}).get(c)
+        kept = man.get("contrast_settings", {}).get(c) if folder == fill else None
+        settings[c] = fallback(False).replace(**(given or kept or {})).to_dict()  # checked, complete
+    return models, settings
+
+
 def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
            fill_config: dict | None = None, fill_settings: dict | None = None, generate_steps: int | None = None,
-           refiner: str | os.PathLike | None = None) -> Path:
-    """One weights folder from two training runs' exports (``fill`` and ``generate`` roles).
+           refiner: str | os.PathLike | None = None, contrasts: dict | None = None,
+           contrast_settings: dict | None = None) -> Path:
+    """One weights folder from training runs' exports (``fill`` and ``generate`` roles).
 
     ``usb-train`` exports each run's EMA weights to ``RUN/weights``; the packaged default is
     ``bundle("usb_prep/weights/default", fill="runs/fill/weights", generate="runs/gen/weights")``;
     ``refiner``: a refiner state dict to attach to the fill (else the fill folder's own refiner, if any).
+    ``contrasts``: the T2w / FLAIR fills (contrast -> folder; the ``fill`` folder's own are kept otherwise),
+    ``contrast_settings`` their fill settings (contrast -> dict; default: kept, else the refiner-free defaults).
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
+    others, other_settings = _contrast_models(fill, contrasts, contrast_settings)
     if refiner is not None:  # a state dict saved by torch.save (usb_prep.train.refiner: OUT/refine.pt)
         f.refiner = load_refiner_state(refiner)
     # the fill settings chosen by the benchmark travel in their own block, the generation steps in the config
@@ -261,4 +315,5 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     f.fill_settings = f.fill_settings.replace(**(fill_settings or {}))
     if generate_steps:
         g.cfg = g.cfg.replace(default_steps=int(generate_steps))
-    return save_model(out, {"fill": f, "generate": g}, extra=extra)
+    extra = {**(extra or {}), **({"contrast_settings": other_settings} if others else {})}
+    return save_model(out, {"fill": f, **others, "generate": g}, extra=extra)

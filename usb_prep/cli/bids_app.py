@@ -2,7 +2,7 @@
 
     usb-prep bids_dir output_dir participant [options]
 
-Finds T1w images and lesion (or artifact) masks, fills them, optionally runs
+Finds T1w (``--contrast``: also T2w, FLAIR) images and lesion (or artifact) masks, fills them, optionally runs
 one downstream workflow (FreeSurfer, ANTs, NiftyReg) and writes BIDS
 derivatives plus one HTML report per subject.  :func:`build_workflow` is
 kept apart from :func:`main` so tests can build the graph on a skeleton
@@ -50,6 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--bids-filter-file", type=Path, help="JSON filter (accepted for compatibility; "
                    "only 't1w'/'mask' 'session' keys are read)")
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
+    g.add_argument("--contrast", nargs="+", choices=["t1w", "t2w", "flair"], default=["t1w"],
+                   help="which anatomical images to fill: their BIDS suffix (_T1w, _T2w, _FLAIR) tells each one's "
+                        "contrast, and the weights' model for it fills it; downstream tools run on T1w images only")
     m = p.add_argument_group("masks")
     m.add_argument("--mask-kind", choices=["lesion", "artifact"], default="lesion",
                    help="read _label-lesion_roi masks, or _label-artifact_roi (artifact inpainting)")
@@ -70,7 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("outputs")
     o.add_argument("--filled-dataset", type=Path, metavar="DIR",
                    help="also write DIR: a raw BIDS dataset for the next app (fMRIPrep, sMRIPrep, FastSurfer): the "
-                        "input's tree with each filled T1w in place of the original and the lesion mask as "
+                        "input's tree with each filled image in place of the original and the lesion mask as "
                         "_label-<kind>_roi")
     d = p.add_argument_group("downstream")
     d.add_argument("--downstream", choices=["none", "freesurfer", "ants", "niftyreg"], default="none",
@@ -119,6 +122,14 @@ def _add_setting_options(group) -> None:
             group.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             group.add_argument(opt, type=kind, default=None, metavar=name.upper(), help=help)
+
+
+def _suffixes(opts) -> list[str]:
+    """The BIDS suffixes of ``--contrast``."""
+    from usb_prep.bids import SUFFIX_CONTRAST
+
+    by_contrast = {c: sfx for sfx, c in SUFFIX_CONTRAST.items()}
+    return [by_contrast[c] for c in getattr(opts, "contrast", None) or ["t1w"]]
 
 
 def _fill_options(opts) -> dict:
@@ -175,7 +186,7 @@ def build_workflow(opts) -> tuple:
     output_dir = opts.output_dir.absolute()
     inputs, problems = core.collect_anat(
         opts.bids_dir, participant_labels=opts.participant_label, session_labels=opts.session_label,
-        mask_kind=opts.mask_kind, masks_dir=opts.masks_dir,
+        mask_kind=opts.mask_kind, masks_dir=opts.masks_dir, suffixes=_suffixes(opts),
     )
     plan = Plan(skipped=[(p.split(":")[0], p.split(":", 1)[1].strip()) for p in problems if "not found" not in p],
                 unknown=[p for p in problems if "not found" in p])
@@ -185,6 +196,9 @@ def build_workflow(opts) -> tuple:
         if entry.mask is None and not opts.heal_without_mask:
             plan.skipped.append((entry.key, f"no {opts.mask_kind} mask found (use --heal-without-mask "
                                              "to heal without one)"))
+            continue
+        if entry.mask is None and entry.suffix != "T1w":
+            plan.skipped.append((entry.key, f"no {opts.mask_kind} mask found (mask-free healing reads T1w only)"))
             continue
         sub_wf = init_bids_subject_wf(
             entry=entry, bids_dir=opts.bids_dir, output_dir=output_dir, fill_options=_fill_options(opts),
@@ -201,7 +215,7 @@ def build_workflow(opts) -> tuple:
         plan.entries.append(entry)
         plan.wf_names[sub_wf.name] = entry.key
         plan.expected[entry.key] = [
-            output_dir / core.derivative_name(entry, desc=core.FILLED_DESC[opts.mask_kind], suffix="T1w"),
+            output_dir / core.filled_name(entry, opts.mask_kind),
             output_dir / f"{entry.key}.html",
         ]
     if opts.stop_on_first_crash:
@@ -263,7 +277,7 @@ def write_dataset_description(opts) -> None:
 
 
 def write_filled(opts, plan: Plan, ok) -> dict:
-    """``--filled-dataset``: the input dataset with the T1w images of the subjects in ``ok`` filled
+    """``--filled-dataset``: the input dataset with the images of the subjects in ``ok`` filled
     (:func:`usb_prep.bids.write_filled_dataset`), the masks the fills used beside them."""
     import dataclasses
 
@@ -271,10 +285,9 @@ def write_filled(opts, plan: Plan, ok) -> dict:
     from usb_prep import bids as core
 
     out = opts.output_dir.absolute()
-    desc = core.FILLED_DESC[opts.mask_kind]
-    entries = [dataclasses.replace(e, mask=out / core.derivative_name(e, label=opts.mask_kind, suffix="mask"))
+    entries = [dataclasses.replace(e, mask=out / core.mask_name(e, opts.mask_kind))
                for e in plan.entries if e.key in ok]
-    filled = {e.t1w: out / core.derivative_name(e, desc=desc, suffix="T1w") for e in entries}
+    filled = {e.image: out / core.filled_name(e, opts.mask_kind) for e in entries}
     settings = {k: v for k, v in _fill_options(opts).items() if k not in ("use_gpu",)}
     counts = core.write_filled_dataset(opts.bids_dir, opts.filled_dataset, filled, entries, version=__version__,
                                        mask_kind=opts.mask_kind, settings=settings)
@@ -315,7 +328,8 @@ def main(argv=None) -> int:
 
     try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
         fill = _fill_options(opts)
-        fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}))
+        for contrast in opts.contrast if opts.method == "usb" else ["t1w"]:  # weights lacking a contrast fail here
+            fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}), contrast)
         if opts.filled_dataset:
             check_filled_dataset_dir(opts.filled_dataset, opts.bids_dir)
     except (ValueError, WeightsError) as e:

@@ -86,6 +86,9 @@ def _setting_options(fn):
 @click.option("--method", type=click.Choice(METHODS), default="usb", show_default=True,
               help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like); "
                    "nlm: non-local-means patch fill (no model). Fill settings apply to usb only.")
+@click.option("--contrast", type=click.Choice(["auto", "t1w", "t2w", "flair"], case_sensitive=False), default="auto",
+              show_default=True, help="The image's contrast; auto: from its BIDS suffix (_T1w, _T2w, _FLAIR) or "
+                                      "its JSON sidecar, an error when neither tells.")
 @_setting_options
 @_seed
 @_device
@@ -100,7 +103,7 @@ def _setting_options(fn):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
+def main(image, mask, output, method, contrast, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
          overwrite_input, quiet, demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
@@ -126,7 +129,7 @@ def main(image, mask, output, method, seed, device, weights, threads, resample_m
         out = check_image_output(output, [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
         res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
                           resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
-                          **settings)
+                          contrast=contrast, **settings)
         _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)

@@ -57,7 +57,8 @@ class TrainConfig:
     healthy_context: bool = False  # fill samples see healthy context: the mask covers the whole lesion
     p_tmax: float = 0.0  # share of fill samples trained at the last timestep, where one-step filling starts
     lr_decay: bool = False  # cosine decay to lr/10 over the budget (iterations or minutes, whichever ends first)
-    contrast: str = "T1w"
+    contrast: str = "T1w"  # T1w, T2w, FLAIR or several ("T2w,FLAIR", one drawn per sample): other than T1w, the
+    # T1w brains are mapped to that contrast per sample (usb_prep.data.contrast) and lesions painted bright
     min_ml: float = 0.1
     max_ml: float = 150.0
     max_masks: int | None = None  # use only this many masks (tests)
@@ -129,9 +130,17 @@ class PatchSampler:
     """Patches around (synthetic) lesions: healthy, pathological, mask, contralateral mirror."""
 
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
+        from ..data.contrast import parse_contrasts, tissue_levels
+
         self.brains, self.bank, self.cfg, self.mcfg = brains, bank, cfg, model_cfg
+        self.contrasts = parse_contrasts(cfg.contrast)
+        rng = np.random.default_rng(cfg.seed)
         for b in brains:  # midline of each brain along voxel axis 0 (prepared brains are RAS)
             b["centre"] = midline(b["image"], 0)
+            if self.contrasts != ("t1w",):  # a sample of brain voxels: each contrast map's levels and scale
+                vals = b["image"][b["brain"] & (b["image"] > 0)]
+                b["values"] = rng.choice(vals, min(20000, vals.size), replace=False)
+                b["levels"] = tissue_levels(b["values"])
             les = b.get("lesion")
             # real lesions plus a safety shell: no synthetic hole there, no loss there
             b["avoid"] = ndimage.binary_dilation(les, iterations=2) if les is not None else None
@@ -181,9 +190,15 @@ class PatchSampler:
             stack = warp_volumes(stack, coords)[:, pad:pad + P, pad:pad + P, pad:pad + P]
         H, Hm = stack[0], stack[4]
         Bm, M, A, Mm = (stack[i] > 0.5 for i in (1, 2, 3, 5))
+        contrast = self.contrasts[rng.integers(len(self.contrasts))] if len(self.contrasts) > 1 else self.contrasts[0]
+        if contrast != "t1w":
+            from ..data.contrast import random_map
+
+            f = random_map(contrast, rng, b["values"], b["levels"])
+            H, Hm = f(H), f(Hm)
         H, Hm = _intensity_aug(rng, H, Hm)
         if M.any():
-            Pth, _ = paint_lesion(H, Bm, M, rng, contrast=self.cfg.contrast)
+            Pth, _ = paint_lesion(H, Bm, M, rng, contrast=contrast)
         else:
             Pth = H.copy()
         mirror = np.where(Mm, 0, Hm)
@@ -208,6 +223,10 @@ class GridSampler:
     """Whole brains on the model's coarse grid (generation models)."""
 
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
+        from ..data.contrast import parse_contrasts
+
+        if parse_contrasts(cfg.contrast) != ("t1w",):
+            raise ValueError("generation models are trained on T1w only (contrast T1w)")
         self.cfg, self.mcfg = cfg, model_cfg
         self.grid = np.array(model_cfg.grid)
         patients = [b["name"] for b in brains if b.get("lesion") is not None]

@@ -1,0 +1,186 @@
+"""T2w and FLAIR: contrast synthesis for training, per-contrast weights, contrast on the CLI and in usb-prep."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import phantom
+from usb_prep.cli.fill import main
+from usb_prep.data.contrast import parse_contrasts, synthesise
+from usb_prep.io import image_contrast
+from usb_prep.weights import WeightsError, bundle, fill_role, fill_settings_of, load_model, read_manifest
+
+COMMON = ["--steps", "2", "--device", "cpu", "--quiet", "--no-refine", "--patch-weight", "0", "--nlm-weight", "0"]
+
+
+def _tissue_means(image, dseg):
+    return [float(image[dseg == k].mean()) for k in (1, 2, 3)]  # CSF, GM, WM
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthesised_contrasts_order_tissues_as_real_ones(seed):
+    """T1w (CSF < GM < WM) becomes T2w (CSF > GM > WM) or FLAIR (CSF < WM < GM); background stays 0, brain ~[0, 1]."""
+    img, _, dseg, _ = phantom()
+    brain = dseg > 0
+    t1 = img / np.percentile(img[brain], 99.5)
+    rng = np.random.default_rng(seed)
+    t2 = synthesise(t1, brain, "t2w", rng)
+    csf, gm, wm = _tissue_means(t2, dseg)
+    assert csf > gm > wm
+    flair = synthesise(t1, brain, "flair", rng)
+    csf, gm, wm = _tissue_means(flair, dseg)
+    assert gm > wm > csf
+    for out in (t2, flair):
+        assert np.all(out[~brain] == 0)
+        assert np.percentile(out[brain], 99.5) == pytest.approx(1.0, abs=0.05)
+
+
+def test_contrast_names():
+    assert parse_contrasts("T2w, FLAIR") == ("t2w", "flair")
+    assert fill_role("T1w") == "fill" and fill_role("flair") == "fill_flair"
+    with pytest.raises(ValueError, match="contrast"):
+        parse_contrasts("PD")
+    with pytest.raises(ValueError, match="one contrast"):
+        fill_role("t2w,flair")
+
+
+def test_image_contrast_from_name_and_sidecar(tmp_path):
+    assert image_contrast("sub-01_ses-1_FLAIR.nii.gz") == "flair"
+    assert image_contrast("/d/sub-01_acq-tse_T2w.nii") == "t2w"
+    assert image_contrast("T1w.nii.gz") == "t1w" and image_contrast("orig.mgz") == "t1w"
+    scan = tmp_path / "scan.nii.gz"
+    assert image_contrast(scan) is None
+    for desc, want in (("T2_FLAIR_3D", "flair"), ("t2_tse_tra", "t2w"), ("t1_mprage_sag", "t1w"), ("dwi", None)):
+        (tmp_path / "scan.json").write_text(json.dumps({"SeriesDescription": desc}))
+        assert image_contrast(scan) == want, desc
+
+
+@pytest.fixture(scope="session")
+def contrast_weights(tiny_weights, tmp_path_factory):
+    """The tiny weights with a FLAIR fill (a second random model) and no T2w fill."""
+    import torch
+
+    from usb_prep.config import preset
+    from usb_prep.diffusion.model import USBModel
+    from usb_prep.weights import save_model
+
+    torch.manual_seed(1)
+    flair = save_model(tmp_path_factory.mktemp("flair_run"), {"fill": USBModel(preset("tiny"))})
+    return str(bundle(tmp_path_factory.mktemp("contrast_weights"), fill=tiny_weights, generate=tiny_weights,
+                      contrasts={"flair": flair}, contrast_settings={"flair": {"steps": 2, "patch_weight": 0.5}}))
+
+
+def test_weights_carry_a_model_per_contrast(contrast_weights, tmp_path):
+    man = read_manifest(__import__("pathlib").Path(contrast_weights))
+    assert set(man["models"]) == {"fill", "fill_flair", "generate"}
+    assert man["models"]["fill_flair"]["sha256"] != man["models"]["fill"]["sha256"]
+    model, info = load_model(contrast_weights, "fill_flair")
+    assert info["role"] == "fill_flair" and info["sha256"] == man["models"]["fill_flair"]["sha256"]
+    assert model.fill_settings.steps == 2 and model.fill_settings.patch_weight == 0.5
+    assert not model.fill_settings.refine and getattr(model, "refiner", None) is None
+    assert fill_settings_of(contrast_weights, contrast="flair").patch_weight == 0.5
+    with pytest.raises(WeightsError, match="cannot fill t2w"):
+        fill_settings_of(contrast_weights, contrast="t2w")
+    # bundling again from this folder keeps its FLAIR fill
+    again = read_manifest(bundle(tmp_path / "again", fill=contrast_weights, generate=contrast_weights))
+    assert again["models"]["fill_flair"]["sha256"] == man["models"]["fill_flair"]["sha256"]
+    assert again["contrast_settings"]["flair"]["patch_weight"] == 0.5
+
+
+def test_usb_fill_picks_the_model_of_the_image_contrast(make_nifti, contrast_weights, tmp_path):
+    img, lesion, _, aff = phantom()
+    flair = make_nifti(img, "sub-01_FLAIR.nii.gz", affine=aff)
+    mask = make_nifti(lesion, "sub-01_label-lesion_roi.nii.gz", affine=aff)
+    out = tmp_path / "filled.nii.gz"
+    r = CliRunner().invoke(main, [str(flair), str(mask), "-o", str(out), "--weights", contrast_weights, *COMMON])
+    assert r.exit_code == 0, r.output
+    side = json.loads((tmp_path / "filled.json").read_text())
+    man = read_manifest(__import__("pathlib").Path(contrast_weights))
+    assert side["contrast"] == "flair" and side["weights"]["sha256"] == man["models"]["fill_flair"]["sha256"]
+    filled = np.asarray(nib.load(str(out)).dataobj)
+    assert np.array_equal(filled[lesion == 0], img[lesion == 0])
+    # --contrast overrides the name; weights without a T2w fill say so
+    r = CliRunner().invoke(main, [str(flair), str(mask), "-o", str(tmp_path / "t2.nii.gz"), "--contrast", "t2w",
+                                  "--weights", contrast_weights, *COMMON])
+    assert r.exit_code == 2 and "cannot fill t2w" in r.output
+    assert not (tmp_path / "t2.nii.gz").exists()
+
+
+def test_usb_fill_needs_a_contrast_it_can_tell(make_nifti, tiny_weights, tmp_path):
+    img, lesion, _, aff = phantom()
+    scan = make_nifti(img, "scan.nii.gz", affine=aff)
+    mask = make_nifti(lesion, "m.nii.gz", affine=aff)
+    r = CliRunner().invoke(main, [str(scan), str(mask), "-o", str(tmp_path / "o.nii.gz"), "--weights", tiny_weights,
+                                  *COMMON])
+    assert r.exit_code == 2 and "cannot tell the contrast" in r.output and "--contrast" in r.output
+    r = CliRunner().invoke(main, [str(scan), str(mask), "-o", str(tmp_path / "o.nii.gz"), "--weights", tiny_weights,
+                                  "--contrast", "T1w", *COMMON])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o.json").read_text())["contrast"] == "t1w"
+    # classical fillers need no contrast
+    r = CliRunner().invoke(main, [str(scan), str(mask), "-o", str(tmp_path / "p.nii.gz"), "--method", "wmstats",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    # mask-free healing reads T1w only
+    r = CliRunner().invoke(main, [str(scan), "-o", str(tmp_path / "h.nii.gz"), "--contrast", "flair",
+                                  "--weights", tiny_weights, *COMMON])
+    assert r.exit_code == 2 and "T1w" in r.output
+
+
+def test_usb_prep_fills_flair_next_to_t1w(tmp_path):
+    """--contrast t1w flair: each image its own entry, derivative and mask names that do not clash, the FLAIR's
+    sidecar with its contrast; the filled dataset holds both filled images and one roi (the T1w's)."""
+    from usb_prep.cli.bids_app import main as prep
+
+    root = tmp_path / "bids"
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    img, lesion, dseg, aff = phantom()
+    t2like = np.where(dseg == 1, 120.0, np.where(dseg == 2, 70.0, np.where(dseg == 3, 50.0, 0.0))).astype(np.float32)
+    t2like[lesion > 0] = 110.0
+    for name, data in (("sub-01_T1w", img), ("sub-01_FLAIR", t2like), ("sub-01_label-lesion_roi", lesion)):
+        nib.Nifti1Image(data, aff).to_filename(str(anat / f"{name}.nii.gz"))
+    (tmp_path / "plugin.yml").write_text("plugin: Linear\nplugin_args: {}\n")
+    out, ds = tmp_path / "out", tmp_path / "filled"
+    code = prep([str(root), str(out), "participant", "-w", str(tmp_path / "work"), "--method", "patch",
+                 "--contrast", "t1w", "flair", "--use-plugin", str(tmp_path / "plugin.yml"),
+                 "--filled-dataset", str(ds)])
+    assert code == 0
+    d = out / "sub-01" / "anat"
+    flair_out = d / "sub-01_desc-lesionfilled_FLAIR.nii.gz"
+    assert (d / "sub-01_desc-lesionfilled_T1w.nii.gz").is_file() and flair_out.is_file()
+    assert (d / "sub-01_label-lesion_mask.nii.gz").is_file() and (d / "sub-01_label-lesion_desc-FLAIR_mask.nii.gz").is_file()
+    assert json.loads((d / "sub-01_desc-lesionfilled_FLAIR.json").read_text())["LesionFilling"]["contrast"] == "flair"
+    filled = np.asarray(nib.load(str(flair_out)).dataobj)
+    m = lesion > 0
+    assert filled[m].mean() < 100  # normal-appearing tissue of this contrast, not the bright lesion
+    assert np.array_equal(filled[~m], t2like[~m])
+    assert (ds / "sub-01/anat/sub-01_FLAIR.nii.gz").read_bytes() == flair_out.read_bytes()
+    assert (ds / "sub-01/anat/sub-01_label-lesion_roi.nii.gz").read_bytes() == (
+        d / "sub-01_label-lesion_mask.nii.gz").read_bytes()
+    # weights without a model for a contrast asked for: a usage error before any work
+    assert prep([str(root), str(tmp_path / "o2"), "participant", "-w", str(tmp_path / "w2"), "--contrast", "t2w",
+                 "--weights", str(_t1_only(tmp_path))]) == 2
+    assert not (tmp_path / "o2").exists()
+
+
+def _t1_only(tmp_path):
+    """A weights folder with the packaged T1w fill only (its manifest, without other contrasts)."""
+    from usb_prep.weights import packaged_weights_dir
+
+    src = packaged_weights_dir()
+    dst = tmp_path / "t1only"
+    dst.mkdir()
+    man = read_manifest(src)
+    man["models"] = {k: v for k, v in man["models"].items() if k in ("fill", "generate")}
+    man.pop("contrast_settings", None)
+    for entry in list(man["models"].values()) + [man["refiner"]]:
+        (dst / entry["file"]).symlink_to(src / entry["file"])
+    (dst / "usb.json").write_text(json.dumps(man))
+    return dst
