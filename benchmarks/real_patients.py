@@ -12,9 +12,11 @@ normal-appearing white matter (NAWM) in a ring around the lesions:
 The segmentation is a k-means of the known voxels in a box around the lesions (the lesion box + 15 voxels), its
 white-matter class chosen by the contrast (T1w: brightest; T2w: darkest; FLAIR: middle); the NAWM ring is the
 voxels 2-5 voxels outside the mask that it labels white matter. Stroke lesions reach into grey matter, so ``wm``
-below 1 is expected there; read it across fillers, not as an absolute. The packaged model was trained on T1w only.
+below 1 is expected there; read it across fillers, not as an absolute. usb_prep fills each scan with the weights'
+model for its contrast; on T2w and FLAIR scans the row "usb_prep (T1w model)" is the T1w fill on the same scan (what
+the release before the T2w/FLAIR models did). No scan here was used in any training.
 
-    python benchmarks/real_patients.py [--cap 300]   # -> results/real_patients.{md,json}, results/real_patients/*.png
+    python benchmarks/real_patients.py [--cap 300] [--weights DIR]  # -> results/real_patients.{md,json}, .../*.png
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ SCANS = {
     "stroke_clinical_T2w": ("stroke_t2_clinical/T2w_head.nii", "stroke_t2_clinical/lesion_mask.nii", "t2w"),
 }
 WM_CLASS = {"t1w": 2, "t2w": 0, "flair": 1}  # index of white matter among the three sorted intensity classes
-METHODS = ("niftyseg", "laplace", "patch", "usb")
-LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)", "usb": "usb_prep"}
+METHODS = ("niftyseg", "laplace", "patch", "usb_t1w", "usb")
+LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)", "usb_t1w": "usb_prep (T1w model)",
+          "usb": "usb_prep"}
 
 
 def neighbourhood(image, mask, contrast):
@@ -73,7 +76,7 @@ def region_scores(filled, mask, centres, wm, ring) -> dict:
             "outside": float(((vals < lo) | (vals > hi)).mean()), "wm": float((classify(vals, centres) == wm).mean())}
 
 
-def fill_all(path: Path, mask_path: Path, cap: float, threads: int) -> dict:
+def fill_all(path: Path, mask_path: Path, cap: float, threads: int, contrast: str = "t1w", weights=None) -> dict:
     """Every filler's output (or None) and wall seconds."""
     import torch
 
@@ -86,8 +89,14 @@ def fill_all(path: Path, mask_path: Path, cap: float, threads: int) -> dict:
     mask = np.asarray(mimg.dataobj) > 0.5
     out = {}
     t0 = time.perf_counter()
-    res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads)
+    res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads, contrast=contrast,
+                          weights=weights)
     out["usb"] = (np.asarray(res.image.dataobj, np.float32), time.perf_counter() - t0)
+    if contrast != "t1w":
+        t0 = time.perf_counter()
+        res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads, contrast="t1w",
+                              weights=weights)
+        out["usb_t1w"] = (np.asarray(res.image.dataobj, np.float32), time.perf_counter() - t0)
     t0 = time.perf_counter()
     out["patch"] = (np.asarray(fill_image(img, mimg, method="patch").dataobj, np.float32), time.perf_counter() - t0)
     t0 = time.perf_counter()
@@ -107,7 +116,7 @@ def picture(name, data, mask, fills, out_png: Path):
     box = np.argwhere(data[..., z] > 0)
     (x0, y0), (x1, y1) = box.min(0), box.max(0) + 1
     vmax = float(np.percentile(data[data > 0], 99.5))
-    cols = [("input (mask outline)", data)] + [(LABELS[m], fills[m][0]) for m in METHODS]
+    cols = [("input (mask outline)", data)] + [(LABELS[m], fills[m][0]) for m in METHODS if m in fills]
     fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3.2))
     for ax, (title, vol) in zip(axes, cols):
         ax.axis("off")
@@ -130,6 +139,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--cap", type=float, default=300, help="NiftySeg's time cap per scan (s)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights", default=None, help="weights folder (default: packaged)")
     a = p.parse_args(argv)
     out = Path(a.out)
     (out / "real_patients").mkdir(parents=True, exist_ok=True)
@@ -138,12 +148,12 @@ def main(argv=None):
         path, mask_path = Path(a.data) / img_rel, Path(a.data) / mask_rel
         data = np.asarray(nib.load(str(path)).dataobj, np.float32)
         mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0.5
-        fills = fill_all(path, mask_path, a.cap, a.threads)
+        fills = fill_all(path, mask_path, a.cap, a.threads, contrast, a.weights)
         centres, wm, ring = neighbourhood(data, mask, contrast)
         row = {"contrast": contrast, "mask_ml": float(mask.sum() * np.prod(nib.load(str(path)).header.get_zooms()[:3])
                                                         / 1000), "lesions": int(ndimage.label(mask)[1]),
                "unfilled": region_scores(data, mask, centres, wm, ring)}
-        for m in METHODS:
+        for m in (m for m in METHODS if m in fills):
             vol, sec = fills[m]
             row[m] = None if vol is None else {**region_scores(vol, mask, centres, wm, ring), "seconds": sec}
         results[name] = row
@@ -151,14 +161,15 @@ def main(argv=None):
         print(name, json.dumps({k: v for k, v in row.items() if k in METHODS}), flush=True)
     (out / "real_patients.json").write_text(json.dumps(results, indent=2))
     lines = ["# Real patients: the fill against the normal-appearing white matter around it", "",
-             f"Command: `python benchmarks/real_patients.py --cap {a.cap:g}` ({a.threads} CPU threads each). "
+             f"Command: `python benchmarks/real_patients.py --cap {a.cap:g}"
+             + (f" --weights {a.weights}" if a.weights else "") + f"` ({a.threads} CPU threads each). "
              "No ground truth: the filled region's mean as a ratio of (and z-score against) the NAWM ring's, the "
              "share of filled voxels outside the ring's 1st-99th percentiles, and the share a local three-class "
              "segmentation labels white matter (see the script's docstring). Unfilled: the lesion as it is.", "",
              "| scan | contrast | ml | lesions | method | ratio | z | outside NAWM range | labelled WM | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results.items():
-        for m in ("unfilled", *METHODS):
+        for m in ("unfilled", *(m for m in METHODS if m in row)):
             r = row[m]
             head = f"| {name} | {row['contrast']} | {row['mask_ml']:.1f} | {row['lesions']} | {LABELS.get(m, m)} |"
             if r is None:

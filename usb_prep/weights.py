@@ -271,11 +271,11 @@ def load_refiner_state(spec: str | os.PathLike):
     return net.eval()
 
 
-def _contrast_models(fill, contrasts, contrast_settings) -> tuple[dict, dict]:
+def _contrast_models(fill, contrasts, contrast_settings, t1w_settings) -> tuple[dict, dict]:
     """``({role: model}, {contrast: settings dict})`` of the non-T1w fills: those of the ``fill`` folder, replaced
-    by ``contrasts`` (contrast -> a run's export or a bundled folder). One file per distinct model (sha256)."""
-    from .fill.settings import fallback
-
+    by ``contrasts`` (contrast -> a run's export or a bundled folder). One file per distinct model (sha256).
+    Settings: ``contrast_settings``'s, else those the ``fill`` folder gives it, else ``t1w_settings`` without the
+    refiner."""
     man = read_manifest(resolve_weights(fill))
     sources = {c: fill for c in ("t2w", "flair") if fill_role(c) in man["models"]}
     sources.update(contrasts or {})
@@ -289,7 +289,8 @@ def _contrast_models(fill, contrasts, contrast_settings) -> tuple[dict, dict]:
         models[fill_role(c)] = by_sha[sha]
         given = (contrast_settings or {}).get(c)
         kept = man.get("contrast_settings", {}).get(c) if folder == fill else None
-        settings[c] = fallback(False).replace(**(given or kept or {})).to_dict()  # checked, complete
+        base = t1w_settings.replace(refine=False)
+        settings[c] = base.replace(**(given or kept or {})).to_dict()  # checked, complete
     return models, settings
 
 
@@ -303,11 +304,13 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     ``bundle("usb_prep/weights/default", fill="runs/fill/weights", generate="runs/gen/weights")``;
     ``refiner``: a refiner state dict to attach to the fill (else the fill folder's own refiner, if any).
     ``contrasts``: the T2w / FLAIR fills (contrast -> folder; the ``fill`` folder's own are kept otherwise),
-    ``contrast_settings`` their fill settings (contrast -> dict; default: kept, else the refiner-free defaults).
+    ``contrast_settings`` their fill settings (contrast -> dict, changes to the T1w fill's settings without the
+    refiner; default: kept).
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
-    others, other_settings = _contrast_models(fill, contrasts, contrast_settings)
+    others, other_settings = _contrast_models(fill, contrasts, contrast_settings,
+                                              f.fill_settings.replace(**(fill_settings or {})))
     if refiner is not None:  # a state dict saved by torch.save (usb_prep.train.refiner: OUT/refine.pt)
         f.refiner = load_refiner_state(refiner)
     # the fill settings chosen by the benchmark travel in their own block, the generation steps in the config

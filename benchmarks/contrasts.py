@@ -1,0 +1,191 @@
+"""T2w and FLAIR fills on painted bright lesions: a validation split (settings are chosen there) and a test split
+(the numbers reported).
+
+* ``validation``: ``otsu_head`` (held out of every training) mapped to T2w and to FLAIR by
+  :func:`usb_prep.data.contrast.synthesise` (one seeded map each), the validation masks (``cases.choose_masks``
+  after the benchmark's), lesions painted bright by the training synthesis of that contrast.
+* ``test``: real scans no training saw: MS patient ms07's FLAIR (MNI 1 mm, skull-stripped) and stroke patient
+  m2307's T2w (native 1 mm, skull-stripped); the benchmark's held-out masks, painted bright, their own lesions
+  (dilated by 3 voxels) kept out of every mask, so the truth is their own healthy-appearing tissue.
+
+Rows: ``usb`` (the weights' model for the contrast with its settings), ``usb-T1w`` (the T1w fill and its settings
+on the same image: what the release before T2w/FLAIR models did), ``patch`` (ours, no model), ``Laplace`` and
+the real NiftySeg ``seg_FillLesions`` (test split; cached, capped).
+
+    python benchmarks/contrasts.py --split validation [--weights DIR] [--sweep]  # -> results/contrasts_validation*.md
+    python benchmarks/contrasts.py --split test [--weights DIR]                  # -> results/contrasts_test.{md,json}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cases import Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill, scores  # noqa: E402
+
+# name -> (image, lesion mask, contrast) under ../shared/data/patients: the test split's scans
+TEST_SCANS = {
+    "ms07_FLAIR": ("ms07/FLAIR.nii.gz", "ms07/lesion_mask.nii.gz", "flair"),
+    "stroke_m2307_T2w": ("stroke_m2307/T2w_brain.nii.gz", "stroke_m2307/lesion_mask.nii.gz", "t2w"),
+}
+SYNTH_SEED = {"t2w": 7, "flair": 11}  # the validation brain's contrast maps
+
+
+def _normalised(data, brain):
+    data = np.where(brain, data, 0).astype(np.float32)
+    return data / np.float32(np.percentile(data[brain], 99.5))
+
+
+def real_brain(name: str, data_dir: Path) -> tuple[Brain, str]:
+    img_rel, les_rel, contrast = TEST_SCANS[name]
+    img = nib.load(str(data_dir / "patients" / img_rel))
+    data = np.asarray(img.dataobj, np.float32)
+    les = np.asarray(nib.load(str(data_dir / "patients" / les_rel)).dataobj) > 0.5
+    brain = ndimage.binary_fill_holes(data > 0) | les
+    avoid = ndimage.binary_dilation(les, iterations=3)
+    return Brain(name, _normalised(data, brain), brain, img.affine, avoid, f"{img_rel} (held-out patient)"), contrast
+
+
+def synthetic_brain(contrast: str, data_dir: Path, brains_dir: Path) -> Brain:
+    from usb_prep.data.contrast import synthesise
+
+    b = load_brain("otsu_head", data_dir, brains_dir)
+    img = synthesise(b.image, b.brain, contrast, np.random.default_rng(SYNTH_SEED[contrast]))
+    return Brain(f"otsu_head_{contrast}", img, b.brain, b.affine, b.avoid, f"{b.source} as synthetic {contrast}")
+
+
+def make_cases(b: Brain, contrast: str, data_dir: Path, per_cat: int, skip: int, seed0: int) -> list[Case]:
+    from usb_prep.data.synthesis import paint_lesion
+
+    out = []
+    chosen = choose_masks(data_dir, b, per_cat, skip)
+    for i, (cat, name, m) in enumerate((c, n, m) for c, v in chosen.items() for n, m in v):
+        painted, _ = paint_lesion(b.image, b.brain, m, np.random.default_rng(seed0 + i), contrast=contrast)
+        img = np.where(m, painted, b.image).astype(np.float32)
+        out.append(Case(b.name, cat, contrast, name, img, m, b.image, b.brain, b.affine))
+    return out
+
+
+def split_cases(args) -> list[Case]:
+    data = Path(args.data)
+    if args.split == "validation":
+        return [c for contrast in ("t2w", "flair")
+                for c in make_cases(synthetic_brain(contrast, data, Path(args.brains)), contrast, data,
+                                    args.per_category, skip=2, seed0=1000)]
+    out = []
+    for name in TEST_SCANS:
+        b, contrast = real_brain(name, data)
+        out += make_cases(b, contrast, data, 1, skip=0, seed0=0)
+    return out
+
+
+def sweep(cases, weights, given, out_path: Path, cmd: str):
+    """Blends (1 - p - n) * model + p * patch + n * nlm per contrast from one run's parts."""
+    from usb_prep import api
+    from usb_prep.weights import fill_role, load_model
+
+    grid = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]
+    lines = ["# T2w / FLAIR validation sweep of the blend weights", "", f"Command: `{cmd}`", ""]
+    for contrast in ("t2w", "flair"):
+        model, info = load_model(weights, fill_role(contrast))
+        res = {w: [] for w in grid}
+        for c in (c for c in cases if c.family == contrast):
+            parts = api.fill_parts(c.image, c.mask, model=model, device="cpu", affine=c.affine,
+                                   stages=("model", "patch", "nlm"), **given)
+            for w in grid:
+                filled = c.image.copy()
+                filled[c.mask] = ((1 - sum(w)) * parts.model[c.mask] + w[0] * parts.patch[c.mask]
+                                  + w[1] * parts.nlm[c.mask])
+                r = scores(filled, c)
+                res[w].append((r["psnr"], r["ssim"]))
+            print(contrast, c.name, flush=True)
+        mean = {w: tuple(np.mean(v, 0)) for w, v in res.items()}
+        ranked = sorted(grid, key=lambda w: -mean[w][0])
+        lines += [f"## {contrast} ({len(res[grid[0]])} masks; fill model sha256 {info['sha256'][:12]})", "",
+                  "| patch_weight | nlm_weight | model share | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
+        lines += [f"| {w[0]:.1f} | {w[1]:.1f} | {1 - sum(w):.1f} | {mean[w][0]:.2f} | {mean[w][1]:.3f} |"
+                  for w in ranked[:12]]
+        lines += [""]
+    out_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    from usb_prep import api
+    from usb_prep.classical import fill_patch
+    from usb_prep.weights import fill_role, load_model
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=["validation", "test"], required=True)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
+    p.add_argument("--brains", default="/work/cache/brains")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--set", default="{}", help="fill settings to change (both contrasts), as JSON")
+    p.add_argument("--sweep", action="store_true", help="validation: score a grid of patch / nlm blend weights")
+    p.add_argument("--per-category", type=int, default=2, help="validation masks per category")
+    p.add_argument("--cap", type=float, default=300, help="NiftySeg's time cap per case (s)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    given = json.loads(args.set)
+    cmd = "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cases = split_cases(args)
+    if args.sweep:
+        return sweep(cases, args.weights, given, Path(args.out or HERE / "results" / "contrasts_validation_sweep.md"),
+                     cmd)
+    t1_model, t1_info = load_model(args.weights, "fill")
+    models = {c: load_model(args.weights, fill_role(c)) for c in ("t2w", "flair")}
+    rows, records = [], []
+    for c in cases:
+        model, info = models[c.family]
+        methods = {
+            "usb": lambda: api.fill_array(c.image, c.mask, model=model, device="cpu", affine=c.affine, **given),
+            "usb-T1w": lambda: api.fill_array(c.image, c.mask, model=t1_model, device="cpu", affine=c.affine),
+            "patch": lambda: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain_mask),
+            "Laplace": lambda: laplace_fill(c.image, c.mask),
+        }
+        if args.split == "test":
+            methods["NiftySeg"] = lambda: niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap)[0]
+        for method, fn in methods.items():
+            t0 = time.time()
+            out = fn()
+            sec = time.time() - t0
+            r = scores(out, c) if out is not None else {"psnr": float("nan"), "ssim": float("nan")}
+            records.append({"case": c.name, "contrast": c.family, "category": c.category, "mask": c.mask_name,
+                            "ml": round(c.volume_ml, 1), "method": method, "psnr": r["psnr"], "ssim": r["ssim"],
+                            "seconds": round(sec, 1)})
+            rows.append(f"| {c.brain} | {c.family} | {c.category} | {c.mask_name} | {c.volume_ml:.1f} | {method} | "
+                        + (f"{r['psnr']:.2f} | {r['ssim']:.3f} |" if out is not None else "did not finish | |"))
+            print(rows[-1], flush=True)
+    means = {}
+    for r in records:
+        means.setdefault((r["contrast"], r["method"]), []).append((r["psnr"], r["ssim"]))
+    s = {c: models[c][0].fill_settings.replace(**given).to_dict() for c in models}
+    lines = [f"# T2w / FLAIR fills, {args.split} split", "",
+             f"Command: `{cmd.strip()}` (2 CPU threads). Weights: "
+             + ", ".join(f"{c} fill sha256 {models[c][1]['sha256'][:12]}" for c in models)
+             + f", T1w fill {t1_info['sha256'][:12]}. Settings: {json.dumps(s)}.", "",
+             "| brain | contrast | category | mask | ml | method | PSNR in | SSIM in |", "|---|---|---|---|---|---|---|---|",
+             *rows, "", "| contrast | method | cases | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
+    for (contrast, method), v in means.items():
+        a = np.array(v, float)
+        ok = ~np.isnan(a[:, 0])
+        lines.append(f"| {contrast} | {method} | {ok.sum()}/{len(a)} | {a[ok, 0].mean():.2f} | {a[ok, 1].mean():.3f} |")
+    out = Path(args.out or HERE / "results" / f"contrasts_{args.split}.md")
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    print("\n".join(lines[-(len(means) + 2):]))
+
+
+if __name__ == "__main__":
+    main()
