@@ -184,3 +184,15 @@ def _t1_only(tmp_path):
         (dst / entry["file"]).symlink_to(src / entry["file"])
     (dst / "usb.json").write_text(json.dumps(man))
     return dst
+
+
+def test_lesion_fill_interface_takes_the_contrast(lesion_case, contrast_weights, tmp_path):
+    """LesionFill's contrast input picks the model (here overriding the file name's t1w)."""
+    from usb_prep.interfaces.fill import LesionFill
+
+    node = LesionFill(in_file=str(lesion_case["t1w"]), mask_file=str(lesion_case["mask"]), weights=contrast_weights,
+                      contrast="flair", steps=2, refine=False, patch_weight=0.0, nlm_weight=0.0)
+    res = node.run(cwd=str(tmp_path))
+    man = read_manifest(__import__("pathlib").Path(contrast_weights))
+    assert res.outputs.settings["contrast"] == "flair"
+    assert res.outputs.settings["weights"]["sha256"] == man["models"]["fill_flair"]["sha256"]
