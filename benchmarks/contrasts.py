@@ -31,7 +31,8 @@ from scipy import ndimage
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cases import Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill, scores  # noqa: E402
+from cases import (Brain, Case, _normalised, choose_masks, laplace_fill, load_brain, niftyseg_fill,  # noqa: E402
+                   scores)
 
 # name -> (image, lesion mask, contrast) under ../shared/data/patients: the test split's scans
 TEST_SCANS = {
@@ -39,11 +40,6 @@ TEST_SCANS = {
     "stroke_m2307_T2w": ("stroke_m2307/T2w_brain.nii.gz", "stroke_m2307/lesion_mask.nii.gz", "t2w"),
 }
 SYNTH_SEED = {"t2w": 7, "flair": 11}  # the validation brain's contrast maps
-
-
-def _normalised(data, brain):
-    data = np.where(brain, data, 0).astype(np.float32)
-    return data / np.float32(np.percentile(data[brain], 99.5))
 
 
 def real_brain(name: str, data_dir: Path) -> tuple[Brain, str]:
