@@ -10,7 +10,8 @@
 
 Rows: ``usb`` (the weights' model for the contrast with its settings), ``usb-T1w`` (the T1w fill and its settings
 on the same image: what the release before T2w/FLAIR models did), ``patch`` (ours, no model), ``Laplace`` and
-the real NiftySeg ``seg_FillLesions`` (test split; cached, capped).
+the real NiftySeg ``seg_FillLesions`` (test split; cached, capped at ``--cap`` s, on masks up to
+``--niftyseg-max-ml``).
 
     python benchmarks/contrasts.py --split validation [--weights DIR] [--sweep]  # -> results/contrasts_validation*.md
     python benchmarks/contrasts.py --split test [--weights DIR]                  # -> results/contrasts_test.{md,json}
@@ -86,7 +87,8 @@ def split_cases(args) -> list[Case]:
 
 
 def sweep(cases, weights, given, out_path: Path, cmd: str):
-    """Blends (1 - p - n) * model + p * patch + n * nlm per contrast from one run's parts."""
+    """Blends (1 - p - n) * model + p * patch + n * nlm per contrast from one run's parts: the best 12, then the
+    model alone, the patch fill alone and the guided nlm alone."""
     from usb_prep import api
     from usb_prep.weights import fill_role, load_model
 
@@ -109,8 +111,9 @@ def sweep(cases, weights, given, out_path: Path, cmd: str):
         ranked = sorted(grid, key=lambda w: -mean[w][0])
         lines += [f"## {contrast} ({len(res[grid[0]])} masks; fill model sha256 {info['sha256'][:12]})", "",
                   "| patch_weight | nlm_weight | model share | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
+        shown = ranked[:12] + [w for w in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)) if w not in ranked[:12]]
         lines += [f"| {w[0]:.1f} | {w[1]:.1f} | {1 - sum(w):.1f} | {mean[w][0]:.2f} | {mean[w][1]:.3f} |"
-                  for w in ranked[:12]]
+                  for w in shown]
         lines += [""]
     out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -130,9 +133,13 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="validation: score a grid of patch / nlm blend weights")
     p.add_argument("--per-category", type=int, default=2, help="validation masks per category")
     p.add_argument("--cap", type=float, default=300, help="NiftySeg's time cap per case (s)")
+    p.add_argument("--niftyseg-max-ml", type=float, default=1e9,
+                   help="run NiftySeg on masks up to this volume only (it takes many minutes on larger ones)")
     p.add_argument("--out", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=None, help="only these rows (usb, usb-T1w, patch, Laplace, NiftySeg)")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     given = json.loads(args.set)
     cmd = "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:])
     cases = split_cases(args)
@@ -150,8 +157,10 @@ def main(argv=None):
             "patch": lambda: fill_patch(c.image, c.mask, np.random.default_rng(0), brain=c.brain_mask),
             "Laplace": lambda: laplace_fill(c.image, c.mask),
         }
-        if args.split == "test":
+        if args.split == "test" and c.volume_ml <= args.niftyseg_max_ml:
             methods["NiftySeg"] = lambda: niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap)[0]
+        if args.methods:
+            methods = {k: v for k, v in methods.items() if k in args.methods}
         for method, fn in methods.items():
             t0 = time.time()
             out = fn()

@@ -196,3 +196,12 @@ def test_lesion_fill_interface_takes_the_contrast(lesion_case, contrast_weights,
     man = read_manifest(__import__("pathlib").Path(contrast_weights))
     assert res.outputs.settings["contrast"] == "flair"
     assert res.outputs.settings["weights"]["sha256"] == man["models"]["fill_flair"]["sha256"]
+
+
+def test_packaged_weights_fill_every_contrast():
+    from usb_prep.weights import packaged_weights_dir
+
+    for contrast in ("t1w", "t2w", "flair"):
+        s = fill_settings_of(None, contrast=contrast)
+        assert s.patch_weight + s.nlm_weight <= 1
+    assert {"fill", "fill_t2w", "fill_flair"} <= set(read_manifest(packaged_weights_dir())["models"])

@@ -9,8 +9,8 @@
      "fill_settings": {"steps": 1, "margin": 0, ...}}
 
 ``fill`` runs the editing tasks (known-mask filling, healing, embedding) on T1w images, ``fill_t2w`` and
-``fill_flair`` (optional) fill T2w and FLAIR images (their own fill settings under ``contrast_settings``:
-the refiner belongs to the T1w fill), and ``generate`` runs the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
+``fill_flair`` (optional) fill T2w and FLAIR images (their own fill settings under ``contrast_settings``;
+the one refiner serves every fill whose settings say ``refine``), and ``generate`` runs the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
 is the known-mask fill's last stage, attached to the fill model as ``model.refiner``, and
 ``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as ``model.fill_settings``.
 A folder may hold one model under both roles (the converted ``paper`` model does).  Folders are resolved in one
@@ -198,7 +198,7 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if role == "fill" and "refiner" in man:
+    if _contrast_of(role) is not None and "refiner" in man:  # every fill may use it (its settings say)
         model.refiner = load_refiner(folder, man["refiner"])
     if _contrast_of(role) is not None:
         try:
@@ -229,7 +229,7 @@ def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict |
         raise WeightsError(f"{folder / MANIFEST} has no {role!r} model: these weights cannot fill {contrast} images "
                            "(train a model with usb-train --contrast, or fill with --method patch)")
     try:
-        settings = from_manifest(man, "refiner" in man and role == "fill", _contrast_of(role))
+        settings = from_manifest(man, "refiner" in man, _contrast_of(role))
     except ValueError as e:
         raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     return settings.replace(**(overrides or {}))
@@ -271,7 +271,7 @@ def load_refiner_state(spec: str | os.PathLike):
     return net.eval()
 
 
-def _contrast_models(fill, contrasts, contrast_settings, t1w_settings) -> tuple[dict, dict]:
+def _contrast_models(fill, contrasts, contrast_settings, t1w_settings, t1w_model=None) -> tuple[dict, dict]:
     """``({role: model}, {contrast: settings dict})`` of the non-T1w fills: those of the ``fill`` folder, replaced
     by ``contrasts`` (contrast -> a run's export or a bundled folder). One file per distinct model (sha256).
     Settings: ``contrast_settings``'s, else those the ``fill`` folder gives it, else ``t1w_settings`` without the
@@ -280,6 +280,8 @@ def _contrast_models(fill, contrasts, contrast_settings, t1w_settings) -> tuple[
     sources = {c: fill for c in ("t2w", "flair") if fill_role(c) in man["models"]}
     sources.update(contrasts or {})
     models, settings, by_sha = {}, {}, {}
+    if t1w_model is not None:  # a contrast filled by the T1w model shares its file
+        by_sha[man["models"]["fill"]["sha256"]] = t1w_model
     for c, folder in sources.items():
         folder_man = read_manifest(resolve_weights(folder))
         role = fill_role(c) if fill_role(c) in folder_man["models"] else "fill"
@@ -310,7 +312,8 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
     others, other_settings = _contrast_models(fill, contrasts, contrast_settings,
-                                              f.fill_settings.replace(**(fill_settings or {})))
+                                              f.fill_settings.replace(**(fill_settings or {})),
+                                              None if fill_config else f)
     if refiner is not None:  # a state dict saved by torch.save (usb_prep.train.refiner: OUT/refine.pt)
         f.refiner = load_refiner_state(refiner)
     # the fill settings chosen by the benchmark travel in their own block, the generation steps in the config

@@ -129,13 +129,13 @@ def fallback(has_refiner: bool) -> FillSettings:
 def from_manifest(manifest: dict, has_refiner: bool, contrast: str = "t1w") -> FillSettings:
     """The fill settings of a weights manifest: its ``fill_settings`` block, else (older weights) the fill
     model config's ``default_*`` keys, the refiner on where the weights ship one. Other contrasts than T1w:
-    their ``contrast_settings`` block, else the T1w fill's settings without the refiner (it belongs to the T1w
-    fill)."""
+    their ``contrast_settings`` block, else the T1w fill's settings without the refiner (it was trained on the
+    T1w fill's parts)."""
     if contrast != "t1w":
         block = manifest.get("contrast_settings", {}).get(contrast)
         s = FillSettings.from_dict(block) if block is not None else from_manifest(manifest, True).replace(refine=False)
-        if s.refine:
-            raise ValueError(f"the {contrast} fill settings say refine, but the refiner belongs to the T1w fill")
+        if s.refine and not has_refiner:
+            raise ValueError(f"the {contrast} fill settings say refine, but the weights ship no refiner")
         return s
     block = manifest.get("fill_settings")
     if block is not None:
