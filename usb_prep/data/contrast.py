@@ -29,15 +29,14 @@ def parse_contrasts(spec: str) -> tuple[str, ...]:
     return out
 
 
-def tissue_levels(values: np.ndarray, iterations: int = 25) -> np.ndarray:
-    """CSF, GM and WM levels (ascending) of a T1w brain's voxel values: 1-D k-means, 3 classes."""
+def tissue_levels(values: np.ndarray) -> np.ndarray:
+    """CSF, GM and WM levels (ascending) of a T1w brain's voxel values (> 0): the 1-D k-means of
+    :func:`usb_prep.classical.kmeans_1d`, 3 classes (a class it drops as empty repeats the top level)."""
+    from ..classical import kmeans_1d
+
     v = np.asarray(values, np.float64).ravel()
-    v = v[v > 0]
-    centres = np.percentile(v, (10, 50, 90))
-    for _ in range(iterations):
-        label = np.argmin(np.abs(v[:, None] - centres[None]), axis=1)
-        centres = np.array([v[label == k].mean() if np.any(label == k) else centres[k] for k in range(3)])
-    return np.sort(centres)
+    centres, _ = kmeans_1d(v[v > 0], 3)
+    return np.pad(centres, (0, 3 - centres.size), mode="edge")
 
 
 def draw_map(levels, contrast: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
