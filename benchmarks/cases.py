@@ -78,15 +78,21 @@ def _normalised(data, brain):
     return data / np.float32(np.percentile(data[brain], 99.5))
 
 
+def patient_brain(name: str, image_path: Path, lesion_path: Path, source: str) -> Brain:
+    """A skull-stripped patient scan: brain = its non-zero voxels (holes filled) and its lesion; its own lesion,
+    dilated by 3 voxels, is what painted masks must avoid."""
+    img = nib.load(str(image_path))
+    data = img.get_fdata(dtype=np.float32)
+    les = np.asanyarray(nib.load(str(lesion_path)).dataobj) > 0.5
+    brain = ndimage.binary_fill_holes(data > 0) | les
+    avoid = ndimage.binary_dilation(les, iterations=3)
+    return Brain(name, _normalised(data, brain), brain, img.affine, avoid, source)
+
+
 def load_brain(name: str, data_dir: Path, brains_dir: Path) -> Brain:
     if name == "ms07":
         p = data_dir / "patients" / "ms07"
-        img = nib.load(str(p / "T1w.nii.gz"))
-        data = img.get_fdata(dtype=np.float32)
-        les = np.asanyarray(nib.load(str(p / "lesion_mask.nii.gz")).dataobj) > 0.5
-        brain = ndimage.binary_fill_holes(data > 0) | les
-        avoid = ndimage.binary_dilation(les, iterations=3)
-        return Brain(name, _normalised(data, brain), brain, img.affine, avoid, f"{p}/T1w.nii.gz (held-out patient)")
+        return patient_brain(name, p / "T1w.nii.gz", p / "lesion_mask.nii.gz", f"{p}/T1w.nii.gz (held-out patient)")
     t1, bm = brains_dir / f"{name}_T1w.nii.gz", brains_dir / f"{name}_brainmask.nii.gz"
     if not (t1.exists() and bm.exists()):
         raise SystemExit(f"{t1} missing: run python benchmarks/prepare_data.py --out {brains_dir}")

@@ -24,16 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cases import (Brain, Case, _normalised, choose_masks, laplace_fill, load_brain, niftyseg_fill,  # noqa: E402
-                   scores)
+from cases import (Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill,  # noqa: E402
+                   patient_brain, scores)
 
 # name -> (image, lesion mask, contrast) under ../shared/data/patients: the test split's scans
 TEST_SCANS = {
@@ -45,12 +43,8 @@ SYNTH_SEED = {"t2w": 7, "flair": 11}  # the validation brain's contrast maps
 
 def real_brain(name: str, data_dir: Path) -> tuple[Brain, str]:
     img_rel, les_rel, contrast = TEST_SCANS[name]
-    img = nib.load(str(data_dir / "patients" / img_rel))
-    data = np.asarray(img.dataobj, np.float32)
-    les = np.asarray(nib.load(str(data_dir / "patients" / les_rel)).dataobj) > 0.5
-    brain = ndimage.binary_fill_holes(data > 0) | les
-    avoid = ndimage.binary_dilation(les, iterations=3)
-    return Brain(name, _normalised(data, brain), brain, img.affine, avoid, f"{img_rel} (held-out patient)"), contrast
+    p = data_dir / "patients"
+    return patient_brain(name, p / img_rel, p / les_rel, f"{img_rel} (held-out patient)"), contrast
 
 
 def synthetic_brain(contrast: str, data_dir: Path, brains_dir: Path) -> Brain:
@@ -89,27 +83,17 @@ def split_cases(args) -> list[Case]:
 def sweep(cases, weights, given, out_path: Path, cmd: str):
     """Blends (1 - p - n) * model + p * patch + n * nlm per contrast from one run's parts: the best 12, then the
     model alone, the patch fill alone and the guided nlm alone."""
-    from usb_prep import api
+    from validation import GRID, blend_means
+
     from usb_prep.weights import fill_role, load_model
 
-    grid = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]
     lines = ["# T2w / FLAIR validation sweep of the blend weights", "", f"Command: `{cmd}`", ""]
     for contrast in ("t2w", "flair"):
         model, info = load_model(weights, fill_role(contrast))
-        res = {w: [] for w in grid}
-        for c in (c for c in cases if c.family == contrast):
-            parts = api.fill_parts(c.image, c.mask, model=model, device="cpu", affine=c.affine,
-                                   stages=("model", "patch", "nlm"), **given)
-            for w in grid:
-                filled = c.image.copy()
-                filled[c.mask] = ((1 - sum(w)) * parts.model[c.mask] + w[0] * parts.patch[c.mask]
-                                  + w[1] * parts.nlm[c.mask])
-                r = scores(filled, c)
-                res[w].append((r["psnr"], r["ssim"]))
-            print(contrast, c.name, flush=True)
-        mean = {w: tuple(np.mean(v, 0)) for w, v in res.items()}
-        ranked = sorted(grid, key=lambda w: -mean[w][0])
-        lines += [f"## {contrast} ({len(res[grid[0]])} masks; fill model sha256 {info['sha256'][:12]})", "",
+        data = [c for c in cases if c.family == contrast]
+        mean = blend_means(model, data, given)
+        ranked = sorted(GRID, key=lambda w: -mean[w][0])
+        lines += [f"## {contrast} ({len(data)} masks; fill model sha256 {info['sha256'][:12]})", "",
                   "| patch_weight | nlm_weight | model share | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
         shown = ranked[:12] + [w for w in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)) if w not in ranked[:12]]
         lines += [f"| {w[0]:.1f} | {w[1]:.1f} | {1 - sum(w):.1f} | {mean[w][0]:.2f} | {mean[w][1]:.3f} |"

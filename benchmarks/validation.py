@@ -78,22 +78,31 @@ def main(argv=None):
     print("\n".join(lines[-4:]))
 
 
-def sweep(model, info, data, given, out, cmd):
-    """Score blends (1 - p - n) * model + p * patch + n * nlm (guided by the model) from one run's parts."""
+GRID = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]  # (patch_weight, nlm_weight)
+
+
+def blend_means(model, data, given) -> dict:
+    """Mean (PSNR, SSIM) in the mask of each blend (1 - p - n) * model + p * patch + n * nlm (guided by the
+    model) of :data:`GRID`, from one run's parts per case."""
     from usb_prep import api
 
-    grid = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]
-    res = {w: [] for w in grid}
+    res = {w: [] for w in GRID}
     for c in data:
         parts = api.fill_parts(c.image, c.mask, model=model, device="cpu", affine=c.affine,
                                stages=("model", "patch", "nlm"), **given)
-        for w in grid:
+        for w in GRID:
             filled = c.image.copy()
             filled[c.mask] = (1 - sum(w)) * parts.model[c.mask] + w[0] * parts.patch[c.mask] + w[1] * parts.nlm[c.mask]
             r = scores(filled, c)
             res[w].append((r["psnr"], r["ssim"]))
         print(c.name, flush=True)
-    mean = {w: tuple(np.mean(v, 0)) for w, v in res.items()}
+    return {w: tuple(np.mean(v, 0)) for w, v in res.items()}
+
+
+def sweep(model, info, data, given, out, cmd):
+    """Score the blends of :data:`GRID` (:func:`blend_means`); the best 15 to ``out``."""
+    grid = GRID
+    mean = blend_means(model, data, given)
     ranked = sorted(grid, key=lambda w: -mean[w][0])
     s = model.fill_settings
     lines = ["# Validation sweep of the blend weights", "",
