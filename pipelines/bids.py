@@ -109,8 +109,7 @@ def init_bids_subject_wf(
         if template_dseg:
             core_wf.inputs.inputnode.template_dseg = str(template_dseg)
 
-    t1w_uri = core.bids_uri(entry.image, bids_dir)
-    sources = [t1w_uri] + ([core.bids_uri(entry.mask, bids_dir)] if entry.mask is not None else [])
+    sources = [core.bids_uri(p, bids_dir) for p in (entry.image, entry.mask) if p is not None]
 
     def sink(name, rel, metadata=None, base=output_dir):
         node = pe.Node(DerivativesSink(base_directory=str(base), out_name=rel), name=name,
@@ -119,7 +118,7 @@ def init_bids_subject_wf(
             node.inputs.metadata = metadata
         return node
 
-    ds_t1w = sink("ds_filled", core.filled_name(entry, mask_kind),
+    ds_filled = sink("ds_filled", core.filled_name(entry, mask_kind),
                   core.image_sidecar(sources, skull_stripped=skull_stripped,
                                      extra={"MaskKind": mask_kind, "MaskFree": entry.mask is None}))
     ds_mask = sink("ds_mask", core.mask_name(entry, mask_kind),
@@ -129,7 +128,7 @@ def init_bids_subject_wf(
                      name="report")
     ds_report = sink("ds_report", f"{entry.key}.html")
     wf.connect([
-        (core_wf, ds_t1w, [("outputnode.out_file", "in_file"), ("outputnode.out_settings", "settings_files")]),
+        (core_wf, ds_filled, [("outputnode.out_file", "in_file"), ("outputnode.out_settings", "settings_files")]),
         (core_wf, ds_mask, [("outputnode.out_mask", "in_file")]),
         (core_wf, report, [("outputnode.out_file", "after"), ("outputnode.out_mask", "mask_file"),
                            ("outputnode.out_settings", "settings_file")]),

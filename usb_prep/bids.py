@@ -191,8 +191,8 @@ def collect_anat(
             ses = adir.parent.name[4:] if adir.parent.name.startswith("ses-") else None
             if sessions_wanted is not None and ses not in sessions_wanted:
                 continue
-            images = [p for sfx in suffixes for p in sorted(adir.glob(f"sub-*_{sfx}.nii.gz")) + sorted(adir.glob(f"sub-*_{sfx}.nii"))]
-            for image in images:
+            for image in [p for sfx in suffixes for ext in (".nii.gz", ".nii")
+                          for p in sorted(adir.glob(f"sub-*_{sfx}{ext}"))]:
                 found = True
                 ents = parse_entities(image)
                 folders = []

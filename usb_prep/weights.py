@@ -10,12 +10,11 @@
 
 ``fill`` runs the editing tasks (known-mask filling, healing, embedding) on T1w images, ``fill_t2w`` and
 ``fill_flair`` (optional) fill T2w and FLAIR images (their own fill settings under ``contrast_settings``;
-the one refiner serves every fill whose settings say ``refine``), and ``generate`` runs the generation tasks; the optional ``refiner`` (:mod:`usb_prep.fill.refiner`)
-is the known-mask fill's last stage, attached to the fill model as ``model.refiner``, and
-``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as ``model.fill_settings``.
-A folder may hold one model under both roles (the converted ``paper`` model does).  Folders are resolved in one
-order: the explicit argument, then ``$USB_PREP_WEIGHTS``, then the packaged
-default.
+the one refiner serves every fill whose settings say ``refine``), and ``generate`` runs the generation tasks;
+the optional ``refiner`` (:mod:`usb_prep.fill.refiner`) is the known-mask fill's last stage, attached to the fill
+model as ``model.refiner``, and ``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as
+``model.fill_settings``. A folder may hold one model under several roles (the converted ``paper`` model does).
+Folders are resolved in one order: the explicit argument, then ``$USB_PREP_WEIGHTS``, then the packaged default.
 """
 
 from __future__ import annotations
@@ -114,13 +113,13 @@ def read_manifest(folder: Path) -> dict:
 
 def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None) -> Path:
     """Write models (each a :class:`usb_prep.diffusion.model.USBModel`) under their roles; the fill model's
-    refiner and fill settings (where set) too."""
+    refiner and fill settings (where set) too. The T2w/FLAIR fills' settings go in ``extra["contrast_settings"]``
+    (one model may serve several contrasts, each with its own settings; :func:`bundle` writes them)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
     written: dict[int, str] = {}
     refiner = settings = None
-    per_contrast: dict[str, dict] = {}
     for role, model in role_to_model.items():
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
@@ -133,13 +132,9 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
         if role == "fill":
             refiner = getattr(model, "refiner", None)
             settings = getattr(model, "fill_settings", None)
-        elif role.startswith("fill_") and getattr(model, "fill_settings", None) is not None:
-            per_contrast[_contrast_of(role)] = model.fill_settings.to_dict()
     manifest = {"format": 1, "models": entries, **(extra or {})}
     if settings is not None:
         manifest["fill_settings"] = settings.to_dict()
-    if per_contrast and "contrast_settings" not in manifest:  # extra's block wins (models shared by contrasts)
-        manifest["contrast_settings"] = per_contrast
     if refiner is not None:
         manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
@@ -280,6 +275,7 @@ def _contrast_models(fill, contrasts, contrast_settings, t1w_settings, t1w_model
     sources = {c: fill for c in ("t2w", "flair") if fill_role(c) in man["models"]}
     sources.update(contrasts or {})
     models, settings, by_sha = {}, {}, {}
+    base = t1w_settings.replace(refine=False)
     if t1w_model is not None:  # a contrast filled by the T1w model shares its file
         by_sha[man["models"]["fill"]["sha256"]] = t1w_model
     for c, folder in sources.items():
@@ -291,7 +287,6 @@ def _contrast_models(fill, contrasts, contrast_settings, t1w_settings, t1w_model
         models[fill_role(c)] = by_sha[sha]
         given = (contrast_settings or {}).get(c)
         kept = man.get("contrast_settings", {}).get(c) if folder == fill else None
-        base = t1w_settings.replace(refine=False)
         settings[c] = base.replace(**(given or kept or {})).to_dict()  # checked, complete
     return models, settings
 
