@@ -173,6 +173,16 @@ def _save_state(module, path: Path, skip: str | None = None) -> str:
     return sha256_file(path)
 
 
+def _no_role(folder: Path, man: dict, role: str) -> WeightsError:
+    """The error for weights without a model for ``role`` (the same from :func:`load_model` and
+    :func:`fill_settings_of`)."""
+    msg = f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})"
+    if role.startswith("fill_"):
+        msg += (f": these weights cannot fill {_contrast_of(role)} images (train a model with usb-train --contrast, "
+                "or fill with --method patch)")
+    return WeightsError(msg)
+
+
 def load_model(weights: str | os.PathLike | None = None, role: str = "fill", device: str | torch.device = "cpu"):
     """Load the model for ``role`` from the resolved folder; checks its sha256.
 
@@ -184,9 +194,7 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     man = read_manifest(folder)
     entry = man["models"].get(role)
     if entry is None:
-        raise WeightsError(f"{folder / MANIFEST} has no model for role {role!r} (has {sorted(man['models'])})"
-                           + (f": these weights cannot fill {_contrast_of(role)} images (train a model with usb-train "
-                              "--contrast, or fill with --method patch)" if role.startswith("fill_") else ""))
+        raise _no_role(folder, man, role)
     path, digest, state = _checked_state(folder, entry, "weights file")
     cfg = ModelConfig.from_dict(entry["config"])
     model = USBModel(cfg)
@@ -221,8 +229,7 @@ def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict |
     man = read_manifest(folder)
     role = fill_role(contrast)
     if role not in man["models"]:
-        raise WeightsError(f"{folder / MANIFEST} has no {role!r} model: these weights cannot fill {contrast} images "
-                           "(train a model with usb-train --contrast, or fill with --method patch)")
+        raise _no_role(folder, man, role)
     try:
         settings = from_manifest(man, "refiner" in man, _contrast_of(role))
     except ValueError as e:
