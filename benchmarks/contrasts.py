@@ -11,10 +11,14 @@
 Rows: ``usb`` (the weights' model for the contrast with its settings), ``usb-T1w`` (the T1w fill and its settings
 on the same image: what the release before T2w/FLAIR models did), ``patch`` (ours, no model), ``Laplace`` and
 the real NiftySeg ``seg_FillLesions`` (test split; cached, capped at ``--cap`` s, on masks up to
-``--niftyseg-max-ml``).
+``--niftyseg-max-ml``). With ``--guide W ...``: ``usb+T1w W`` rows for a multi-contrast session, where the brain
+has a T1w of the same head (validation: otsu_head itself, with its own noise and blur; test: ms07's T1w; m2307 has
+none): the same mask painted dark into the T1w, filled by the T1w pipeline, then the guide of the ``usb`` fill
+(``guide_weight`` W).
 
     python benchmarks/contrasts.py --split validation [--weights DIR] [--sweep]  # -> results/contrasts_validation*.md
     python benchmarks/contrasts.py --split test [--weights DIR]                  # -> results/contrasts_test.{md,json}
+    python benchmarks/contrasts.py --split validation --guide 0.5 1 2 --methods usb usb+T1w --out F.md
 """
 from __future__ import annotations
 
@@ -39,6 +43,37 @@ TEST_SCANS = {
     "stroke_m2307_T2w": ("stroke_m2307/T2w_brain.nii.gz", "stroke_m2307/lesion_mask.nii.gz", "t2w"),
 }
 SYNTH_SEED = {"t2w": 7, "flair": 11}  # the validation brain's contrast maps
+T1W_TWINS = {"ms07_FLAIR": "ms07/T1w.nii.gz"}  # test scans with a T1w of the same session (same grid)
+
+
+def t1w_twin(b: Brain, data_dir: Path, brains_dir: Path) -> Brain | None:
+    """The T1w of ``b``'s head on its grid, or None. The synthetic validation contrasts are maps of otsu_head's T1w
+    itself: its twin gets its own noise (2% of the brain's range) and blur (sigma 0.5 voxel), as a second scan would."""
+    from scipy import ndimage
+
+    if b.name.startswith("otsu_head_"):
+        t = load_brain("otsu_head", data_dir, brains_dir)
+        rng = np.random.default_rng(5)
+        img = ndimage.gaussian_filter(t.image, 0.5) + 0.02 * rng.standard_normal(t.image.shape).astype(np.float32)
+        return Brain(t.name, np.where(t.brain, img, 0).astype(np.float32), t.brain, t.affine, t.avoid, t.source)
+    if b.name in T1W_TWINS:
+        p = data_dir / "patients" / T1W_TWINS[b.name]
+        t = patient_brain(b.name + "_T1w", p, data_dir / "patients" / TEST_SCANS[b.name][1], f"{p} (held-out patient)")
+        if t.image.shape != b.image.shape or not np.allclose(t.affine, b.affine, atol=1e-3):
+            raise SystemExit(f"{p} is not on the grid of {b.name}")
+        return t
+    return None
+
+
+def filled_twin(twin: Brain, c: Case, model, seed: int) -> np.ndarray:
+    """``c``'s mask painted as a T1w lesion into ``twin`` and filled by the T1w pipeline (``model``'s settings):
+    the guide a user's session would give."""
+    from usb_prep import api
+    from usb_prep.data.synthesis import paint_lesion
+
+    painted, _ = paint_lesion(twin.image, twin.brain, c.mask, np.random.default_rng(seed), contrast="T1w")
+    img = np.where(c.mask, painted, twin.image).astype(np.float32)
+    return api.fill_array(img, c.mask, model=model, device="cpu", affine=c.affine)
 
 
 def real_brain(name: str, data_dir: Path) -> tuple[Brain, str]:
@@ -67,17 +102,20 @@ def make_cases(b: Brain, contrast: str, data_dir: Path, per_cat: int, skip: int,
     return out
 
 
-def split_cases(args) -> list[Case]:
-    data = Path(args.data)
+def split_cases(args) -> tuple[list[Case], dict]:
+    """The split's cases and the T1w twins of their brains (by brain name; with ``--guide`` only)."""
+    data, brains = Path(args.data), Path(args.brains)
+    out, twins = [], {}
     if args.split == "validation":
-        return [c for contrast in ("t2w", "flair")
-                for c in make_cases(synthetic_brain(contrast, data, Path(args.brains)), contrast, data,
-                                    args.per_category, skip=2, seed0=1000)]
-    out = []
-    for name in TEST_SCANS:
-        b, contrast = real_brain(name, data)
-        out += make_cases(b, contrast, data, 1, skip=0, seed0=0)
-    return out
+        chosen = [(synthetic_brain(contrast, data, brains), contrast, args.per_category, 2, 1000)
+                  for contrast in ("t2w", "flair")]
+    else:
+        chosen = [(*real_brain(name, data), 1, 0, 0) for name in TEST_SCANS]
+    for b, contrast, per_cat, skip, seed0 in chosen:
+        out += make_cases(b, contrast, data, per_cat, skip=skip, seed0=seed0)
+        if args.guide:
+            twins[b.name] = t1w_twin(b, data, brains)
+    return out, twins
 
 
 def sweep(cases, weights, given, out_path: Path, cmd: str):
@@ -121,12 +159,15 @@ def main(argv=None):
                    help="run NiftySeg on masks up to this volume only (it takes many minutes on larger ones)")
     p.add_argument("--out", default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--methods", nargs="+", default=None, help="only these rows (usb, usb-T1w, patch, Laplace, NiftySeg)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="only these rows (usb, usb-T1w, usb+T1w, patch, Laplace, NiftySeg)")
+    p.add_argument("--guide", nargs="+", type=float, default=None,
+                   help="guide_weight values: usb rows guided by the filled T1w of the same head, where there is one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     given = json.loads(args.set)
     cmd = "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    cases = split_cases(args)
+    cases, twins = split_cases(args)
     if args.sweep:
         return sweep(cases, args.weights, given, Path(args.out or HERE / "results" / "contrasts_validation_sweep.md"),
                      cmd)
@@ -143,8 +184,16 @@ def main(argv=None):
         }
         if args.split == "test" and c.volume_ml <= args.niftyseg_max_ml:
             methods["NiftySeg"] = lambda: niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap)[0]
+        if twins.get(c.brain) is not None and (not args.methods or "usb+T1w" in args.methods):
+            t0 = time.time()
+            g = filled_twin(twins[c.brain], c, t1_model, seed=2000 + cases.index(c))
+            print(f"  T1w twin filled in {time.time() - t0:.0f} s", flush=True)
+            for w in args.guide:
+                methods[f"usb+T1w {w:g}"] = lambda w=w: api.fill_array(c.image, c.mask, model=model, device="cpu",
+                                                                      affine=c.affine, guide=g,
+                                                                      **{**given, "guide_weight": w})
         if args.methods:
-            methods = {k: v for k, v in methods.items() if k in args.methods}
+            methods = {k: v for k, v in methods.items() if k.split(" ")[0] in args.methods}
         for method, fn in methods.items():
             t0 = time.time()
             out = fn()

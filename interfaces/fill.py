@@ -61,6 +61,8 @@ class _LesionFillBaseSpec(_ModelInputSpec):
     contrast = traits.Enum("auto", "t1w", "t2w", "flair", usedefault=True,
                            desc="in_file's contrast; auto: from its BIDS suffix or JSON sidecar (an error when neither "
                                 "tells)")
+    guide_file = File(exists=True, desc="another contrast of the subject, its lesion already filled (e.g. the filled T1w "
+                                        "for a FLAIR), aligned with in_file: the patch fills match it too (usb only)")
     method = traits.Enum(*METHODS, usedefault=True, desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")
@@ -100,6 +102,7 @@ class LesionFill(SimpleInterface):
             resample_mask=self.inputs.resample_mask,
             mask_kind=self.inputs.mask_kind,
             contrast=self.inputs.contrast,
+            guide=optional(self.inputs.guide_file),
             **{k: optional(getattr(self.inputs, k)) for k in FillSettings.names()},
             **kw,
         )

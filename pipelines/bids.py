@@ -64,8 +64,12 @@ def init_bids_subject_wf(
     Returns
     -------
     nipype Workflow
-        No inputnode: the subject's files are set at build time.
+        The subject's files are set at build time. ``outputnode.out_file``: the filled image; without a
+        downstream tool, ``inputnode.guide_file`` takes another contrast's filled image as the fill's guide
+        (the BIDS app connects a session's filled T1w to its T2w/FLAIR fills).
     """
+    from nipype.interfaces import utility as niu
+
     from usb_prep import bids as core
     from usb_prep.interfaces.bids import DerivativesSink
     from usb_prep.interfaces.reports import LesionReport
@@ -85,8 +89,11 @@ def init_bids_subject_wf(
     to_template = downstream in ("ants", "niftyreg")
     fs_dir = Path(fs_subjects_dir or output_dir / "sourcedata" / "freesurfer")
     wf = pe.Workflow(name=name or entry.key.replace("-", "_"))
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="outputnode")
     if downstream == "none":
         core_wf = init_lesion_fill_wf(**fill_options)
+        guide = pe.Node(niu.IdentityInterface(fields=["guide_file"]), name="inputnode")
+        wf.connect(guide, "guide_file", core_wf, "inputnode.guide_file")
     elif downstream == "freesurfer":
         fs_dir.mkdir(parents=True, exist_ok=True)
         core_wf = init_fill_freesurfer_wf(fill_options=fill_options, subject_id=entry.key, subjects_dir=str(fs_dir),
@@ -128,6 +135,7 @@ def init_bids_subject_wf(
                      name="report")
     ds_report = sink("ds_report", f"{entry.key}.html")
     wf.connect([
+        (core_wf, outputnode, [("outputnode.out_file", "out_file")]),
         (core_wf, ds_filled, [("outputnode.out_file", "in_file"), ("outputnode.out_settings", "settings_files")]),
         (core_wf, ds_mask, [("outputnode.out_mask", "in_file")]),
         (core_wf, report, [("outputnode.out_file", "after"), ("outputnode.out_mask", "mask_file"),

@@ -53,6 +53,10 @@ def init_lesion_fill_wf(
     mask_file
         Mask, 1 = lesion/artifact to fill.  Leave undefined for mask-free
         healing.
+    guide_file
+        Optional: another contrast of the subject, already filled (e.g. the
+        filled T1w for a FLAIR), aligned with in_file; the patch fills match
+        its anatomy too.
 
     Outputs
     -------
@@ -70,7 +74,7 @@ def init_lesion_fill_wf(
         fill_settings_of(weights, fill_settings, "t1w" if contrast == "auto" else contrast)
 
     wf = pe.Workflow(name=name)
-    inputnode, outputnode = io_nodes()
+    inputnode, outputnode = io_nodes(inputs=("guide_file",))
     fill = pe.Node(
         LesionFill(method=method, seed=seed, use_gpu=use_gpu, num_threads=omp_nthreads, mask_kind=mask_kind,
                    resample_mask=resample_mask, contrast=contrast),
@@ -81,7 +85,7 @@ def init_lesion_fill_wf(
         if value is not None:
             setattr(fill.inputs, key, value)
     wf.connect([
-        (inputnode, fill, [("in_file", "in_file"), ("mask_file", "mask_file")]),
+        (inputnode, fill, [("in_file", "in_file"), ("mask_file", "mask_file"), ("guide_file", "guide_file")]),
         (fill, outputnode, [(field, field) for field in FILL_OUTPUTS]),
     ])
     return wf

@@ -111,6 +111,21 @@ def tiny_weights(tmp_path_factory):
     return str(save_model(tmp_path_factory.mktemp("weights"), {"fill": fill, "generate": gen}))
 
 
+@pytest.fixture(scope="session")
+def contrast_weights(tiny_weights, tmp_path_factory):
+    """The tiny weights with a FLAIR fill (a second random model) and no T2w fill."""
+    import torch
+
+    from usb_prep.config import preset
+    from usb_prep.diffusion.model import USBModel
+    from usb_prep.weights import bundle, save_model
+
+    torch.manual_seed(1)
+    flair = save_model(tmp_path_factory.mktemp("flair_run"), {"fill": USBModel(preset("tiny"))})
+    return str(bundle(tmp_path_factory.mktemp("contrast_weights"), fill=tiny_weights, generate=tiny_weights,
+                      contrasts={"flair": flair}, contrast_settings={"flair": {"steps": 2, "patch_weight": 0.5}}))
+
+
 STUB = '''#!{python}
 """Stub recon-all: records its arguments, lays out mri/*.mgz as recon-all does."""
 import json, os, sys

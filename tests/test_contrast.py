@@ -60,21 +60,6 @@ def test_image_contrast_from_name_and_sidecar(tmp_path):
         assert image_contrast(scan) == want, desc
 
 
-@pytest.fixture(scope="session")
-def contrast_weights(tiny_weights, tmp_path_factory):
-    """The tiny weights with a FLAIR fill (a second random model) and no T2w fill."""
-    import torch
-
-    from usb_prep.config import preset
-    from usb_prep.diffusion.model import USBModel
-    from usb_prep.weights import save_model
-
-    torch.manual_seed(1)
-    flair = save_model(tmp_path_factory.mktemp("flair_run"), {"fill": USBModel(preset("tiny"))})
-    return str(bundle(tmp_path_factory.mktemp("contrast_weights"), fill=tiny_weights, generate=tiny_weights,
-                      contrasts={"flair": flair}, contrast_settings={"flair": {"steps": 2, "patch_weight": 0.5}}))
-
-
 def test_weights_carry_a_model_per_contrast(contrast_weights, tmp_path):
     man = read_manifest(__import__("pathlib").Path(contrast_weights))
     assert set(man["models"]) == {"fill", "fill_flair", "generate"}

@@ -22,7 +22,7 @@ from .fill.context import FillContext
 from .fill import detect
 from .fill.pipeline import FillParts, run_fill, settings_for
 from .fill.settings import METHODS, FillSettings
-from .io import get_data, image_contrast, like_input, load_image, mask_array
+from .io import get_data, guide_array, image_contrast, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
@@ -96,16 +96,18 @@ def intensity_scale(data: np.ndarray, exclude: np.ndarray | None = None, pct: fl
 # --- arrays -----------------------------------------------------------------
 def fill_parts(image: np.ndarray, mask: np.ndarray, *, model=None, weights=None, settings=None, stages=None,
                seed: int = 0, voxel_size=(1.0, 1.0, 1.0), affine: np.ndarray | None = None, device="auto",
-               progress: bool = False, **overrides) -> FillParts:
+               progress: bool = False, guide: np.ndarray | None = None, **overrides) -> FillParts:
     """Known-mask filling of a normalised image (float, brain ~[0, 1]); every part of the fill
     (:class:`usb_prep.fill.pipeline.FillParts`). ``settings`` (a :class:`FillSettings` or dict; default: the
     weights' own) with ``overrides`` (its field names) applied; ``stages`` (default: those the settings
     need), e.g. ``("model",)`` for the model's fill alone. ``affine`` tells which voxel axis is left-right
-    (for the mirror); without it axis 0 is assumed."""
+    (for the mirror); without it axis 0 is assumed. ``guide``: another contrast of the same head on the same
+    grid, normalised alike and already filled (e.g. the filled T1w for a FLAIR): the patch and nlm fills match
+    its patches too (setting ``guide_weight``)."""
     dev = resolve_device(device)
     model = model_or_load(model, weights, "fill", dev)
     s = settings_for(model, settings, **overrides)
-    ctx = FillContext(image, mask, affine=affine, voxel_size=tuple(voxel_size), seed=seed)
+    ctx = FillContext(image, mask, affine=affine, voxel_size=tuple(voxel_size), seed=seed, other_contrast=guide)
     return run_fill(model, ctx, s, stages=stages, device=dev, progress=progress)
 
 
@@ -141,17 +143,22 @@ def _voxel_size(img) -> tuple[float, float, float]:
 
 def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto", method: str = "usb",
                 resample_mask: bool = False, progress: bool = False, num_threads: int | None = None,
-                mask_kind: str = "lesion", settings=None, contrast: str = "t1w", **overrides) -> FillResult:
+                mask_kind: str = "lesion", settings=None, contrast: str = "t1w", guide=None, **overrides) -> FillResult:
     """Fill the lesion (mask 1 = lesion) in a NIfTI/MGZ image; without a mask, heal mask-free (T1w only).
 
     ``contrast``: the image's contrast (t1w, t2w, flair; ``"auto"``: told by the file name's BIDS suffix or its
     sidecar, else an error): the weights' model for that contrast fills the lesion.
+    ``guide``: another contrast of the same subject (path or image), its lesion already filled, aligned with the
+    image (resampled onto its grid by world coordinates where the grids differ), e.g. the filled T1w when
+    filling a FLAIR: the patch fills match its anatomy too (method "usb" with a mask only).
     ``settings`` / ``overrides``: the fill settings (:class:`FillSettings` fields; ``method="usb"`` only).
     The returned image has the input's header, affine, shape and dtype, and every voxel outside the
     mask keeps its stored value bit for bit.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
+    if guide is not None and (method != "usb" or mask is None):
+        raise ValueError("a guide contrast serves method 'usb' with a mask only")
     given = {k: v for k, v in overrides.items() if v is not None}
     contrast = str(contrast).lower()
     if contrast == "auto":  # told by the file name or sidecar; an image that tells nothing fails after its checks
@@ -178,6 +185,7 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     m = None
     if mask is not None:
         m = mask_array(load_image(mask, what="mask"), img, resample_mask=resample_mask, messages=messages)
+    g = None if guide is None else guide_array(load_image(guide, what="guide image"), img, messages)
     if contrast is None and (method == "usb" or mask is None):
         raise ValueError(f"cannot tell the contrast of {image} from its name (BIDS suffix _T1w, _T2w, _FLAIR) or its "
                          "sidecar: give it (--contrast t1w|t2w|flair)")
@@ -199,13 +207,15 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
             model, info = load_model(weights, role, dev)
             s = settings_for(model, settings, **given)
             record.update(weights=info, device=str(dev), **s.to_dict())
+            if g is not None:
+                record["guide"] = str(guide) if isinstance(guide, (str, os.PathLike)) else "image"
             kw = dict(model=model, settings=s, seed=seed, voxel_size=vox, device=dev, progress=progress,
                       affine=img.affine)
             if m is None:
                 filled, m = heal_array(v, **kw)
                 messages.append(f"no mask given: USB_lesion detected {int(m.sum())} lesion voxels, then filled them")
             else:
-                parts = fill_parts(v, m, **kw)
+                parts = fill_parts(v, m, guide=None if g is None else normalise(g, m, [])[0], **kw)
                 filled = parts.final
                 record["rim_voxels"] = parts.rim_voxels
                 if parts.rim_voxels:

@@ -107,6 +107,20 @@ class AnatInput:
         return "/".join(parts)
 
 
+def t1w_guides(entries: Iterable[AnatInput]) -> dict[str, str]:
+    """``{key of a T2w/FLAIR entry: key of the T1w entry that guides its fill}``: the session's one T1w with the
+    same mask file (its filled image then holds healthy tissue where the other image's mask is)."""
+    entries = list(entries)
+    out = {}
+    for e in entries:
+        if e.suffix == "T1w" or e.mask is None:
+            continue
+        t1 = [t for t in entries if t.suffix == "T1w" and (t.subject, t.session, t.mask) == (e.subject, e.session, e.mask)]
+        if len(t1) == 1:
+            out[e.key] = t1[0].key
+    return out
+
+
 def _mask_matches(name: str, kind: str, derivatives: bool) -> bool:
     if derivatives:
         return (f"_label-{kind}" in name or f"_desc-{kind}" in name) and name.endswith(("_mask.nii.gz", "_mask.nii"))

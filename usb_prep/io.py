@@ -159,6 +159,22 @@ def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: li
     return mask
 
 
+def guide_array(guide_img, image_img, messages: list | None = None) -> np.ndarray:
+    """A guide contrast's voxels on the image's grid (resampled by world coordinates, linearly, where its grid
+    differs: the two scans must be aligned, as a session's scans are or a co-registration makes them)."""
+    messages = messages if messages is not None else []
+    if len(guide_img.shape) > 3 and int(np.prod(guide_img.shape[3:])) > 1:
+        raise InputError(f"the guide image is {len(guide_img.shape)}-D with {int(np.prod(guide_img.shape[3:]))} "
+                         "volumes: give one 3-D image")
+    if not same_grid(guide_img, image_img):
+        guide_img = resample_like(guide_img, image_img, order=1)
+        messages.append("guide resampled onto the image's grid (world coordinates, linear)")
+    data = np.asarray(get_data(guide_img), np.float32).reshape(image_img.shape[:3])
+    if not np.isfinite(data).all():
+        raise InputError("the guide image has non-finite values")
+    return data
+
+
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Fail early (before any work) if ``path`` exists or its folder is not writable."""
     return check_outputs([_image_name(path)], overwrite=overwrite)[0]

@@ -53,6 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--contrast", nargs="+", choices=["t1w", "t2w", "flair"], default=["t1w"],
                    help="which anatomical images to fill: their BIDS suffix (_T1w, _T2w, _FLAIR) tells each one's "
                         "contrast, and the weights' model for it fills it; downstream tools run on T1w images only")
+    g.add_argument("--no-t1w-guide", dest="t1w_guide", action="store_false",
+                   help="fill T2w/FLAIR images without their session's filled T1w (same mask) as a guide")
     m = p.add_argument_group("masks")
     m.add_argument("--mask-kind", choices=["lesion", "artifact"], default="lesion",
                    help="read _label-lesion_roi masks, or _label-artifact_roi (artifact inpainting)")
@@ -110,6 +112,7 @@ class Plan:
     expected: dict = field(default_factory=dict)  # key -> derivative paths this run writes
     unknown: list = field(default_factory=list)  # participant labels asked for that the dataset lacks
     wf_names: dict = field(default_factory=dict)  # subject workflow name -> key
+    guided: dict = field(default_factory=dict)  # key of a T2w/FLAIR entry -> key of the T1w whose fill guides it
 
 
 def _add_setting_options(group) -> None:
@@ -192,6 +195,7 @@ def build_workflow(opts) -> tuple:
                 unknown=[p for p in problems if "not found" in p])
     wf = pe.Workflow(name="usb_prep_wf", base_dir=str(Path(opts.work_dir).absolute()))
     label = opts.fs_lesion_label if opts.fs_lesion_label == "hemi" else int(opts.fs_lesion_label)
+    sub_wfs = {}
     for entry in inputs:
         if entry.mask is None and not opts.heal_without_mask:
             plan.skipped.append((entry.key, f"no {opts.mask_kind} mask found (use --heal-without-mask "
@@ -212,12 +216,17 @@ def build_workflow(opts) -> tuple:
             skull_stripped=opts.skull_stripped, omp_nthreads=opts.omp_nthreads,
         )
         wf.add_nodes([sub_wf])
+        sub_wfs[entry.key] = sub_wf
         plan.entries.append(entry)
         plan.wf_names[sub_wf.name] = entry.key
         plan.expected[entry.key] = [
             output_dir / core.filled_name(entry, opts.mask_kind),
             output_dir / f"{entry.key}.html",
         ]
+    if opts.method == "usb" and getattr(opts, "t1w_guide", True):  # the session's filled T1w guides its T2w/FLAIR
+        for key, t1_key in core.t1w_guides(plan.entries).items():
+            wf.connect(sub_wfs[t1_key], "outputnode.out_file", sub_wfs[key], "inputnode.guide_file")
+            plan.guided[key] = t1_key
     if opts.stop_on_first_crash:
         wf.config["execution"]["stop_on_first_crash"] = True
     wf.config["execution"]["crashfile_format"] = "txt"
@@ -342,6 +351,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     for key, reason in plan.skipped:
         LOGGER.warning("%s skipped: %s", key, reason)
+    for key, t1_key in plan.guided.items():
+        LOGGER.info("%s: filled with %s's filled T1w as a guide", key, t1_key)
     if wf is None:
         LOGGER.error("nothing to run")
         return EXIT_SUBJECTS_FAILED

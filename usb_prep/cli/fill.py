@@ -89,6 +89,10 @@ def _setting_options(fn):
 @click.option("--contrast", type=click.Choice(["auto", "t1w", "t2w", "flair"], case_sensitive=False), default="auto",
               show_default=True, help="The image's contrast; auto: from its BIDS suffix (_T1w, _T2w, _FLAIR) or "
                                       "its JSON sidecar, an error when neither tells.")
+@click.option("--guide", type=click.Path(), default=None,
+              help="Another contrast of the same subject, its lesion already filled (e.g. the filled T1w when "
+                   "filling a FLAIR), aligned with IMAGE (resampled by world coordinates if its grid differs): the "
+                   "patch fills match its anatomy too (setting --guide-weight). Method usb with a mask only.")
 @_setting_options
 @_seed
 @_device
@@ -103,7 +107,7 @@ def _setting_options(fn):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, contrast, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
+def main(image, mask, output, method, contrast, guide, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
          overwrite_input, quiet, demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
@@ -126,10 +130,10 @@ def main(image, mask, output, method, contrast, seed, device, weights, threads, 
         from usb_prep.api import fill_lesion
         from usb_prep.io import check_image_output
 
-        out = check_image_output(output, [image, mask], overwrite=overwrite, overwrite_input=overwrite_input)
+        out = check_image_output(output, [image, mask, guide], overwrite=overwrite, overwrite_input=overwrite_input)
         res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
                           resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
-                          contrast=contrast, **settings)
+                          contrast=contrast, guide=guide, **settings)
         _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask) if mask else None})
 
     _run(go)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..mirror import mirror_lr
+from ..mirror import lr_axis, midline, mirror_lr
 
 
 @dataclass
@@ -17,7 +17,9 @@ class FillContext:
     """One fill call's inputs. ``image``: normalised float32 (brain ~[0, 1], background 0); ``mask``: bool,
     1 = to fill; ``affine`` tells which voxel axis is left-right (None: axis 0). ``model``, ``device`` and
     ``progress`` are the call's fill model (its ``refiner`` too), torch device and progress bar, set by
-    :func:`usb_prep.fill.pipeline.run_fill`."""
+    :func:`usb_prep.fill.pipeline.run_fill`. ``other_contrast``: another contrast of the same head on the same
+    grid, normalised alike, its lesion already filled (the filled T1w for a FLAIR): the patch and nlm fills
+    match its patches too (``FillSettings.guide_weight``)."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -27,12 +29,18 @@ class FillContext:
     model: Any = None
     device: Any = "cpu"
     progress: Any = None
+    other_contrast: np.ndarray | None = None
 
     def __post_init__(self):
         self.image = np.asarray(self.image, np.float32)
         self.mask = np.asarray(self.mask, bool)
         if self.image.shape != self.mask.shape:
             raise ValueError(f"image {self.image.shape} and mask {self.mask.shape} differ in shape")
+        if self.other_contrast is not None:
+            self.other_contrast = np.asarray(self.other_contrast, np.float32)
+            if self.other_contrast.shape != self.image.shape:
+                raise ValueError(f"the guide contrast {self.other_contrast.shape} and the image {self.image.shape} "
+                                 "differ in shape (resample it onto the image's grid)")
 
     @cached_property
     def brain(self) -> np.ndarray:
@@ -42,6 +50,15 @@ class FillContext:
     def mirrored(self) -> np.ndarray:
         """The image reflected across its left-right midline, lesion voxels left out (zero)."""
         return mirror_lr(self.image, self.affine, exclude=self.mask)
+
+    @cached_property
+    def mirrored_other(self) -> np.ndarray | None:
+        """``other_contrast`` reflected across the image's midline (as :attr:`mirrored`; nothing left out: it is
+        known everywhere)."""
+        if self.other_contrast is None:
+            return None
+        axis = lr_axis(self.affine)
+        return mirror_lr(self.other_contrast, self.affine, centre=midline(self.image, axis))
 
     def widened(self, ring: int) -> FillContext:
         """The same call with the mask grown by ``ring`` voxels within the head (the stages fill that; the

@@ -84,6 +84,9 @@ def fill_patch(
     guide_weight: float = 0.3,
     soft: float = 0.0,
     extra: np.ndarray | None = None,
+    aux: np.ndarray | None = None,
+    aux_weight: float = 1.0,
+    aux_extra: np.ndarray | None = None,
 ) -> np.ndarray:
     """Non-local patch-based inward ("onion peeling") lesion filling.
 
@@ -162,6 +165,16 @@ def fill_patch(
         across the midline (:func:`usb_prep.mirror.mirror_lr`): a unilateral
         lesion then also matches its healthy counterpart. Zero = no value. Its
         values are copied like the image's own; it is never filled.
+    aux : ndarray, optional
+        Another contrast of the same head on the same grid, known everywhere (its lesion already filled),
+        e.g. the filled T1w when filling a FLAIR: patch distances add its own (NiftySeg's multi-channel
+        patches), weighted by ``aux_weight``, so that deep in the lesion, where the image's patches see
+        nothing, candidates still match the other contrast's anatomy. Only the image's values are copied.
+    aux_weight : float
+        Weight of the ``aux`` distance (each channel's is a mean over its patch, normalised by its own
+        1st-99th percentile range).
+    aux_extra : ndarray, optional
+        ``aux`` as ``extra`` sees it (e.g. mirrored the same way); needed with both ``aux`` and ``extra``.
 
     Returns
     -------
@@ -180,9 +193,14 @@ def fill_patch(
     else:
         known = known & np.asarray(brain, bool)
     brain = np.asarray(brain).astype(bool)
-    if extra is not None and np.shape(extra) != mask.shape:
-        raise ValueError(f"extra has shape {np.shape(extra)}, need {mask.shape}")
+    for name, a in (("extra", extra), ("aux", aux), ("aux_extra", aux_extra)):
+        if a is not None and np.shape(a) != mask.shape:
+            raise ValueError(f"{name} has shape {np.shape(a)}, need {mask.shape}")
+    if aux is not None and extra is not None and aux_extra is None:
+        raise ValueError("aux with extra needs aux_extra (the other contrast as the extra source sees it)")
     w = _Work.build(out, mask, known, brain, patch // 2 + search // 2, guide, guide_weight, extra)
+    if aux is not None:
+        w.add_aux(aux, aux_weight, aux_extra if extra is not None else None)
     geo = _Geometry.of(w.img.shape, patch, search)
     choose = {"rng": rng, "tol": tol, "k_mean": k_mean, "soft": soft}
     while w.todo.any():
@@ -226,6 +244,7 @@ class _Work:
     lo: np.float32
     scale: np.float32
     extra: tuple | None  # the second source, flat: (validity, normalised values, raw values)
+    aux: tuple | None = None  # another contrast, flat: (validity, normalised values[, same for extra]), weight
 
     @classmethod
     def build(cls, out, mask, known, brain, rad, guide, guide_weight, extra) -> _Work:
@@ -252,6 +271,19 @@ class _Work:
             extra_w = np.where(extra_ok, (extra_raw - lo_v) / scale, 0).astype(np.float32)
             flat_extra = (extra_ok.ravel(), extra_w.ravel(), extra_raw.ravel())
         return cls(sl, rad, todo, valid, img, work, weight, brain_pad & valid, brain_pad, lo_v, scale, flat_extra)
+
+    def add_aux(self, aux, weight: float, aux_extra=None) -> None:
+        """Another contrast in the patch distances (see :func:`fill_patch`): valid in the brain and the lesion."""
+        ok = self.brain | self.todo
+        raw = _padc(np.nan_to_num(np.asarray(aux, np.float32))[self.sl], self.rad)
+        lo, hi = np.percentile(raw[ok], [1, 99]) if ok.any() else (0.0, 1.0)
+        scale = hi - lo if hi > lo else 1.0
+        chans = [ok.ravel(), np.where(ok, (raw - lo) / scale, 0).astype(np.float32).ravel()]
+        if aux_extra is not None:  # valid where it holds tissue, as the extra source
+            raw_e = _padc(np.nan_to_num(np.asarray(aux_extra, np.float32))[self.sl], self.rad)
+            ok_e = (raw_e != 0) & self.brain
+            chans += [ok_e.ravel(), np.where(ok_e, (raw_e - lo) / scale, 0).astype(np.float32).ravel()]
+        self.aux = (tuple(chans), np.float32(weight))
 
     def write(self, vox: np.ndarray, values: np.ndarray) -> None:
         """Jacobi update: write the whole layer, then mark it valid."""
@@ -296,10 +328,21 @@ def _layer_values(w: _Work, geo: _Geometry, v: np.ndarray, min_overlap: float, c
     centre_ok[geo.centre_idx] = False
     dist = _match(S, Vs, W, T, need, centre_ok, geo.patch)
     cand = w.img.ravel()[idx[geo.cen]].T  # (n, search^3) candidate centre values
+    if w.aux is not None:  # the other contrast's distance, the same candidates
+        (a_ok, a_v, *a_extra), a_w = w.aux
+        Va = a_ok[idx].astype(np.float32)
+        A = a_v[idx]
+        Ta, Wa = A[geo.sub], Va[geo.sub]
+        need_a = np.maximum(min_overlap * Wa.sum(0), 1.0)
+        dist = dist + a_w * _match(A, Va, Wa, Ta, need_a, centre_ok, geo.patch)
     if w.extra is not None:  # same window in the second source, its centre included
         e_ok, e_w, e_raw = w.extra
-        dist = np.concatenate([dist, _match(e_w[idx], e_ok[idx].astype(np.float32), W, T, need, e_ok[idx[geo.cen]],
-                                            geo.patch)], 1)
+        e_cen = e_ok[idx[geo.cen]]
+        e_dist = _match(e_w[idx], e_ok[idx].astype(np.float32), W, T, need, e_cen, geo.patch)
+        if w.aux is not None:  # the other contrast as the second source sees it
+            e_dist = e_dist + a_w * _match(a_extra[1][idx], a_extra[0][idx].astype(np.float32), Wa, Ta, need_a,
+                                           e_cen, geo.patch)
+        dist = np.concatenate([dist, e_dist], 1)
         cand = np.concatenate([cand, e_raw[idx[geo.cen]].T], 1)
     best = dist.min(1, keepdims=True)
     vals = _choose(dist, cand, best, **choose)

@@ -52,6 +52,9 @@ class FillSettings:
     nlm_coarse: bool = _f(False, "guide the first nlm pass with a 2x coarser nlm fill too")
     nlm_mirror: bool = _f(False, "nlm candidates also from the brain mirrored across the midline")
     patch_mirror: bool = _f(False, "patch-fill candidates also from the brain mirrored across the midline")
+    guide_weight: float = _f(1.0, "weight of the guide contrast (another contrast of the head, already filled) in "
+                                  "the patch and nlm fills' patch distances; used only where a guide is given",
+                             0.0, 10.0)
     smooth: float = _f(0.0, "Gaussian sigma (voxels) smoothing the blend", 0.0, 3.0)
     refine: bool = _f(False, "run the weights' refiner over the blend (the fill's last stage)")
 
