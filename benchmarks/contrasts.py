@@ -210,7 +210,7 @@ def main(argv=None):
         means.setdefault((r["contrast"], r["method"]), []).append((r["psnr"], r["ssim"]))
     s = {c: models[c][0].fill_settings.replace(**given).to_dict() for c in models}
     lines = [f"# T2w / FLAIR fills, {args.split} split", "",
-             f"Command: `{cmd.strip()}` (2 CPU threads). Weights: "
+             f"Command: `{cmd.strip()}` ({args.threads} CPU threads). Weights: "
              + ", ".join(f"{c} fill sha256 {models[c][1]['sha256'][:12]}" for c in models)
              + f", T1w fill {t1_info['sha256'][:12]}. Settings: {json.dumps(s)}.", "",
              "| brain | contrast | category | mask | ml | method | PSNR in | SSIM in |", "|---|---|---|---|---|---|---|---|",

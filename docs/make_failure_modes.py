@@ -42,6 +42,7 @@ def files(d: Path) -> dict:
     moved = aff.copy()
     moved[0, 3] = 2.5
     save("other_affine.nii.gz", les, moved)
+    save("t1_moved.nii.gz", img, moved)
     save("whole.nii.gz", (img > 0).astype(np.uint8))
     air = np.zeros_like(les)
     air[:3, :3, :3] = 1
@@ -118,6 +119,11 @@ def cases(d: Path, p: dict):
         ("--t-start 99999", [*fill, *o, "--t-start", "99999", *q]),
         ("--patch-weight 0.6 --nlm-weight 0.6", [*fill, *o, "--patch-weight", "0.6", "--nlm-weight", "0.6", *q]),
         ("fill setting with a classical method", [*fill, *o, "--method", "wmstats", "--margin", "1", *q]),
+        ("--guide missing", [*fill, *o, "--guide", str(d / "none.nii.gz"), *q]),
+        ("--guide 4D", [*fill, *o, "--guide", str(p["img4d.nii.gz"]), *q]),
+        ("--guide with a classical method", [*fill, *o, "--method", "wmstats", "--guide", str(p["t1.nii.gz"]), *q]),
+        ("--guide on another grid (resampled)", [*fill, "-o", str(d / "o_guide.nii.gz"), "--guide",
+                                                 str(p["t1_moved.nii.gz"]), "--contrast", "t1w", *q]),
         ("--device cuda without CUDA", [*fill, *o, "--device", "cuda", "--quiet"]),
         ("mask covering the whole brain", ["usb-fill", str(p["t1.nii.gz"]), str(p["whole.nii.gz"]), *o,
                                            "--method", "wmstats", *q]),
