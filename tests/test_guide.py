@@ -87,6 +87,10 @@ def test_fill_lesion_uses_the_guide(make_nifti, contrast_weights):
     assert any("guide resampled" in msg for msg in res.messages)
     with pytest.raises(ValueError, match="method 'usb' with a mask"):
         fill_lesion(s["flair"], s["mask"], method="patch", guide=s["t1_filled"])
+    bad = np.asarray(g.dataobj, np.float32).copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fill_lesion(s["flair"], s["mask"], contrast="auto", guide=make_nifti(bad, "nan.nii.gz", affine=g.affine), **kw)
 
 
 def test_usb_fill_guide_option(make_nifti, contrast_weights, tmp_path):

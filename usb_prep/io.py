@@ -162,10 +162,7 @@ def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: li
 def guide_array(guide_img, image_img, messages: list | None = None) -> np.ndarray:
     """A guide contrast's voxels on the image's grid (resampled by world coordinates, linearly, where its grid
     differs: the two scans must be aligned, as a session's scans are or a co-registration makes them)."""
-    messages = messages if messages is not None else []
-    if len(guide_img.shape) > 3 and int(np.prod(guide_img.shape[3:])) > 1:
-        raise InputError(f"the guide image is {len(guide_img.shape)}-D with {int(np.prod(guide_img.shape[3:]))} "
-                         "volumes: give one 3-D image")
+    messages = messages if messages is not None else []  # (load_image refused 4-D guides already)
     if not same_grid(guide_img, image_img):
         guide_img = resample_like(guide_img, image_img, order=1)
         messages.append("guide resampled onto the image's grid (world coordinates, linear)")
