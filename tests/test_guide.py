@@ -89,7 +89,7 @@ def test_fill_lesion_uses_the_guide(make_nifti, contrast_weights):
         fill_lesion(s["flair"], s["mask"], method="patch", guide=s["t1_filled"])
     bad = np.asarray(g.dataobj, np.float32).copy()
     bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         fill_lesion(s["flair"], s["mask"], contrast="auto", guide=make_nifti(bad, "nan.nii.gz", affine=g.affine), **kw)
 
 

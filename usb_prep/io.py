@@ -162,14 +162,11 @@ def mask_array(mask_img, image_img, *, resample_mask: bool = False, messages: li
 def guide_array(guide_img, image_img, messages: list | None = None) -> np.ndarray:
     """A guide contrast's voxels on the image's grid (resampled by world coordinates, linearly, where its grid
     differs: the two scans must be aligned, as a session's scans are or a co-registration makes them)."""
-    messages = messages if messages is not None else []  # (load_image refused 4-D guides already)
+    messages = messages if messages is not None else []  # load_image refused 4-D and non-finite guides already
     if not same_grid(guide_img, image_img):
         guide_img = resample_like(guide_img, image_img, order=1)
         messages.append("guide resampled onto the image's grid (world coordinates, linear)")
-    data = np.asarray(get_data(guide_img), np.float32).reshape(image_img.shape[:3])
-    if not np.isfinite(data).all():
-        raise InputError("the guide image has non-finite values")
-    return data
+    return np.asarray(get_data(guide_img), np.float32).reshape(image_img.shape[:3])
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
