@@ -69,10 +69,9 @@ def filled_twin(twin: Brain, c: Case, model, seed: int) -> np.ndarray:
     """``c``'s mask painted as a T1w lesion into ``twin`` and filled by the T1w pipeline (``model``'s settings):
     the guide a user's session would give."""
     from usb_prep import api
-    from usb_prep.data.synthesis import paint_lesion
+    from usb_prep.train.refiner import paint_t1w
 
-    painted, _ = paint_lesion(twin.image, twin.brain, c.mask, np.random.default_rng(seed), contrast="T1w")
-    img = np.where(c.mask, painted, twin.image).astype(np.float32)
+    img = paint_t1w(twin.image, twin.brain, c.mask, np.random.default_rng(seed))
     return api.fill_array(img, c.mask, model=model, device="cpu", affine=c.affine)
 
 

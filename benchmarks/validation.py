@@ -101,9 +101,8 @@ def blend_means(model, data, given) -> dict:
 
 def sweep(model, info, data, given, out, cmd):
     """Score the blends of :data:`GRID` (:func:`blend_means`); the best 15 to ``out``."""
-    grid = GRID
     mean = blend_means(model, data, given)
-    ranked = sorted(grid, key=lambda w: -mean[w][0])
+    ranked = sorted(GRID, key=lambda w: -mean[w][0])
     s = model.fill_settings
     lines = ["# Validation sweep of the blend weights", "",
              f"Command: `{cmd.strip()}`; fill weights sha256 {info['sha256'][:12]}; {len(data)} masks; the weights' "

@@ -223,7 +223,7 @@ def build_workflow(opts) -> tuple:
             output_dir / core.filled_name(entry, opts.mask_kind),
             output_dir / f"{entry.key}.html",
         ]
-    if opts.method == "usb" and getattr(opts, "t1w_guide", True):  # the session's filled T1w guides its T2w/FLAIR
+    if opts.method == "usb" and opts.t1w_guide:  # the session's filled T1w guides its T2w/FLAIR
         for key, t1_key in core.t1w_guides(plan.entries).items():
             wf.connect(sub_wfs[t1_key], "outputnode.out_file", sub_wfs[key], "inputnode.guide_file")
             plan.guided[key] = t1_key
