@@ -37,10 +37,13 @@ COHORT = [
     ("allineate_bench_T1_2mm_head", "allineate_bench_T1_2mm_head.nii.gz", False),
 ]
 
-# Patients whose healthy tissue adds anatomy: (name, file, skull_stripped, lesion mask), under --patients.
-# Training keeps synthetic lesions and the loss off their lesions. ms07 stays out: the benchmark's real patient.
+# Patients whose healthy tissue adds anatomy: (name, file, skull_stripped, lesion mask[, contrast]), under
+# --patients. Training keeps synthetic lesions and the loss off their lesions. ms07 and stroke_m2307 stay out: the
+# benchmark's real test scans (benchmarks/contrasts.py). The clinical stroke T2w is the one real T2w that trains
+# (T2w/FLAIR fill models only; T1w training reads *_T1w.nii.gz).
 PATIENTS = [
     ("brats_gli_00001", "brats_gli_00001/t1n.nii.gz", True, "brats_gli_00001/inpainting_mask.nii.gz"),
+    ("clinical_t2", "stroke_t2_clinical/T2w_head.nii", False, "stroke_t2_clinical/lesion_mask.nii", "T2w"),
 ]
 
 
@@ -74,7 +77,8 @@ def save_pngs(out_dir: Path, names: list[str]) -> None:
     png.mkdir(exist_ok=True)
     vox = lambda x, y, z: (91 + x, 126 + y, 72 + z)  # noqa: E731  MNI mm -> voxel
     for name in names:
-        img = nib.load(str(out_dir / f"{name}_T1w.nii.gz")).get_fdata()
+        path = next(p for c in ("T1w", "T2w", "FLAIR") if (p := out_dir / f"{name}_{c}.nii.gz").exists())
+        img = nib.load(str(path)).get_fdata()
         msk = nib.load(str(out_dir / f"{name}_brainmask.nii.gz")).get_fdata() > 0
         x0, y0, z0 = vox(0, -18, 10)
         views = [
@@ -103,7 +107,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     entries = [(n, args.data / f, s) for n, f, s in COHORT]
-    entries += [(n, args.patients / f, s, args.patients / les) for n, f, s, les in PATIENTS]
+    entries += [(n, args.patients / f, s, args.patients / les, *c) for n, f, s, les, *c in PATIENTS]
     if args.only:
         entries = [e for e in entries if e[0] in args.only]
     for entry in entries:

@@ -262,3 +262,31 @@ def test_sampler_synthesises_t2w_and_flair_with_bright_lesions(cohort, tmp_path)
     assert lesions and bright_lesions >= 0.8 * lesions
     with pytest.raises(ValueError, match="T1w only"):
         GridSampler(brains, [], cfg, preset("tiny", grid=(8, 8, 8), voxel_mm=4.0, context=False, mirror=False))
+
+
+def test_real_t2w_scans_train_their_own_contrast_only(cohort, tmp_path):
+    """A prepared NAME_T2w.nii.gz is read only for T2w runs and cut as it is (its lesion invalid), for
+    p_native of the T2w samples; T1w brains serve every contrast."""
+    from usb_prep.config import preset
+    from usb_prep.train.diffusion import PatchSampler, load_bank, load_brains
+
+    brains_dir, masks = cohort
+    folder = tmp_path / "brains"
+    folder.mkdir()
+    for suffix in ("T1w", "brainmask"):
+        (folder / f"alpha_{suffix}.nii.gz").write_bytes((brains_dir / f"alpha_{suffix}.nii.gz").read_bytes())
+        (folder / f"pat_{suffix if suffix != 'T1w' else 'T2w'}.nii.gz").write_bytes(
+            (brains_dir / f"beta_{suffix}.nii.gz").read_bytes())
+    nib.Nifti1Image(_ball((15.5, 15.5, 15.5), 9).astype(np.uint8), _affine()).to_filename(
+        str(folder / "pat_lesionmask.nii.gz"))
+    assert [b["name"] for b in load_brains(folder)] == ["alpha"]
+    assert [b["name"] for b in load_brains(folder, contrasts=("flair",))] == ["alpha"]
+    brains = load_brains(folder, contrasts=("t2w",))
+    assert [(b["name"], b["contrast"]) for b in brains] == [("alpha", "t1w"), ("pat", "t2w")]
+    assert brains[1]["lesion"] is not None
+    for p_native, expect_invalid in ((1.0, True), (0.0, False)):
+        cfg = _cfg((folder, masks), tmp_path / "o", 1, contrast="T2w", p_native=p_native, p_empty=0.0)
+        sampler = PatchSampler(brains, load_bank(cfg, (N, N, N), _affine()), cfg, preset("tiny"))
+        rng = np.random.default_rng(0)
+        invalid = [bool((sampler.sample(rng)["valid"] == 0).any()) for _ in range(8)]
+        assert all(invalid) if expect_invalid else not any(invalid)

@@ -408,7 +408,7 @@ def prepare_brain(
     pct: float = 99.5,
     lesion: str | Path | None = None,
 ) -> dict:
-    """Load a T1w image and bring it to the normalised MNI 1 mm form used for training.
+    """Load a T1w image (or a T2w / FLAIR one) and bring it to the normalised MNI 1 mm form used for training.
 
     Steps: load (RAS, float32) -> N4 bias correction within the head (or
     brain) foreground (optional) -> skull strip (unless ``skull_stripped``) ->
@@ -497,14 +497,15 @@ def prepare_brain(
 def prepare_cohort(
     entries: Iterable[Sequence], out_dir: str | Path, *, n4: bool = True
 ) -> list[Path]:
-    """Prepare many brains; writes ``{name}_T1w.nii.gz`` and ``{name}_brainmask.nii.gz``.
+    """Prepare many brains; writes ``{name}_T1w.nii.gz`` (or its contrast) and ``{name}_brainmask.nii.gz``.
 
     Parameters
     ----------
-    entries : iterable of (name, path, skull_stripped[, lesion_path])
-        One tuple per brain; patients add their lesion mask, written as
-        ``{name}_lesionmask.nii.gz`` (training keeps synthetic lesions and
-        the loss away from it).
+    entries : iterable of (name, path, skull_stripped[, lesion_path[, contrast]])
+        One tuple per brain; patients add their lesion mask (or None), written
+        as ``{name}_lesionmask.nii.gz`` (training keeps synthetic lesions and
+        the loss away from it); ``contrast`` (``T1w`` unless given: ``T2w``,
+        ``FLAIR``) names the image ``{name}_{contrast}.nii.gz``.
     out_dir : str or Path
         Output folder (created). Brains whose two outputs exist are skipped.
     n4 : bool
@@ -513,7 +514,7 @@ def prepare_cohort(
     Returns
     -------
     list of Path
-        The ``_T1w.nii.gz`` files, one per entry, in order.
+        The image files (``_T1w.nii.gz`` unless a contrast is given), one per entry, in order.
     """
     try:
         from tqdm import tqdm  # noqa: PLC0415
@@ -527,7 +528,8 @@ def prepare_cohort(
     outputs = []
     for name, path, skull_stripped, *rest in tqdm(entries, desc="prepare", unit="brain"):
         lesion = rest[0] if rest else None
-        img_out = out_dir / f"{name}_T1w.nii.gz"
+        suffix = rest[1] if len(rest) > 1 else "T1w"
+        img_out = out_dir / f"{name}_{suffix}.nii.gz"
         mask_out = out_dir / f"{name}_brainmask.nii.gz"
         outputs.append(img_out)
         if img_out.exists() and mask_out.exists():

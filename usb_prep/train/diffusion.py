@@ -55,6 +55,7 @@ class TrainConfig:
     p_spatial: float = 0.0  # patch models: share of patches warped by a random affine + elastic deformation
     margins: tuple[int, ...] = (2,)  # hole = lesion dilated by one of these (voxels), drawn per sample
     healthy_context: bool = False  # fill samples see healthy context: the mask covers the whole lesion
+    p_native: float = 0.3  # T2w/FLAIR runs: share of a contrast's samples cut from real scans of it, when any
     p_tmax: float = 0.0  # share of fill samples trained at the last timestep, where one-step filling starts
     lr_decay: bool = False  # cosine decay to lr/10 over the budget (iterations or minutes, whichever ends first)
     contrast: str = "T1w"  # T1w, T2w, FLAIR or several ("T2w,FLAIR", one drawn per sample): other than T1w, the
@@ -76,15 +77,20 @@ class TrainConfig:
 
 
 # --- data ---------------------------------------------------------------------
-def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
-    """Prepared brains: ``{name, image (float32), brain (bool), affine, lesion}`` for every NAME_T1w.nii.gz.
+def load_brains(folder: str | os.PathLike, exclude=(), contrasts=("t1w",)) -> list[dict]:
+    """Prepared brains: ``{name, image (float32), brain (bool), affine, lesion, contrast}`` for every
+    NAME_T1w.nii.gz, and for every NAME_T2w.nii.gz / NAME_FLAIR.nii.gz whose contrast is in ``contrasts``.
 
     ``lesion`` (bool or None) marks real lesions of patient brains (NAME_lesionmask.nii.gz): their
     healthy tissue trains the model, the lesions themselves are neither filled nor learned as healthy.
+    ``contrast`` is ``t1w``, ``t2w`` or ``flair`` (real scans of that contrast: used as they are).
     """
+    wanted = {"t1w"} | {c.lower() for c in contrasts}
+    files = [(p, c) for c in ("T1w", "T2w", "FLAIR") if c.lower() in wanted
+             for p in sorted(Path(folder).glob(f"*_{c}.nii.gz"))]
     out = []
-    for p in sorted(Path(folder).glob("*_T1w.nii.gz")):
-        name = p.name[: -len("_T1w.nii.gz")]
+    for p, suffix in files:
+        name, contrast = p.name[: -len(f"_{suffix}.nii.gz")], suffix.lower()
         if name in exclude:
             log.info("holding out brain %s", name)
             continue
@@ -95,8 +101,9 @@ def load_brains(folder: str | os.PathLike, exclude=()) -> list[dict]:
         les_p = p.with_name(f"{name}_lesionmask.nii.gz")
         lesion = np.asanyarray(nib.load(str(les_p)).dataobj) > 0 if les_p.exists() else None
         lesion = lesion if lesion is not None and lesion.any() else None  # an empty mask: a healthy brain
-        out.append({"name": name, "image": data, "brain": brain, "affine": img.affine, "lesion": lesion})
-    if not out:
+        out.append({"name": name, "image": data, "brain": brain, "affine": img.affine, "lesion": lesion,
+                    "contrast": contrast})
+    if not any(b["contrast"] == "t1w" for b in out):
         raise FileNotFoundError(f"no prepared brains (*_T1w.nii.gz) in {folder}")
     return out
 
@@ -132,12 +139,19 @@ class PatchSampler:
     def __init__(self, brains: list[dict], bank: list[dict], cfg: TrainConfig, model_cfg: ModelConfig):
         from ..data.contrast import parse_contrasts, tissue_levels
 
-        self.brains, self.bank, self.cfg, self.mcfg = brains, bank, cfg, model_cfg
+        self.bank, self.cfg, self.mcfg = bank, cfg, model_cfg
         self.contrasts = parse_contrasts(cfg.contrast)
+        # T1w brains serve every contrast (mapped per sample); real T2w / FLAIR scans only their own
+        self.brains = [b for b in brains if b.get("contrast", "t1w") == "t1w"]
+        self.native = {c: [b for b in brains if b.get("contrast") == c] for c in self.contrasts if c != "t1w"}
+        for c, bs in self.native.items():
+            if bs:
+                log.info("real %s scans (%.0f%% of its samples): %s", c, 100 * cfg.p_native, ", ".join(b["name"] for b in bs))
         rng = np.random.default_rng(cfg.seed)
         for b in brains:  # midline of each brain along voxel axis 0 (prepared brains are RAS)
             b["centre"] = midline(b["image"], 0)
-            if self.contrasts != ("t1w",):  # a sample of brain voxels: each contrast map's levels and scale
+            # T1w brains mapped to other contrasts: a sample of brain voxels gives each map's levels and scale
+            if self.contrasts != ("t1w",) and b.get("contrast", "t1w") == "t1w":
                 vals = b["image"][b["brain"] & (b["image"] > 0)]
                 b["values"] = rng.choice(vals, min(20000, vals.size), replace=False)
                 b["levels"] = tissue_levels(b["values"])
@@ -149,7 +163,12 @@ class PatchSampler:
         from ..data.synthesis import paint_lesion
 
         P = self.cfg.patch
-        b = self.brains[rng.integers(len(self.brains))]
+        contrast = self.contrasts[rng.integers(len(self.contrasts))] if len(self.contrasts) > 1 else self.contrasts[0]
+        native = self.native.get(contrast)
+        if native and rng.random() < self.cfg.p_native:
+            b = native[rng.integers(len(native))]
+        else:
+            b = self.brains[rng.integers(len(self.brains))]
         img, brain, avoid = b["image"], b["brain"], b.get("avoid")
         full_mask = np.zeros(img.shape, bool)
         empty = rng.random() < self.cfg.p_empty
@@ -190,8 +209,7 @@ class PatchSampler:
             stack = warp_volumes(stack, coords)[:, pad:pad + P, pad:pad + P, pad:pad + P]
         H, Hm = stack[0], stack[4]
         Bm, M, A, Mm = (stack[i] > 0.5 for i in (1, 2, 3, 5))
-        contrast = self.contrasts[rng.integers(len(self.contrasts))] if len(self.contrasts) > 1 else self.contrasts[0]
-        if contrast != "t1w":
+        if contrast != b.get("contrast", "t1w"):
             from ..data.contrast import random_map
 
             f = random_map(contrast, rng, b["values"], b["levels"])
@@ -453,7 +471,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     mcfg = model_cfg or preset(cfg.preset)
-    brains = load_brains(cfg.brains, cfg.exclude_brains)
+    from ..data.contrast import parse_contrasts
+
+    brains = load_brains(cfg.brains, cfg.exclude_brains, parse_contrasts(cfg.contrast))
     bank = load_bank(cfg, brains[0]["image"].shape, brains[0]["affine"])
     sampler = (GridSampler if mcfg.grid is not None else PatchSampler)(brains, bank, cfg, mcfg)
     with torch.random.fork_rng(devices=[]):  # initial weights from cfg.seed, global state untouched
