@@ -45,8 +45,9 @@ def main(argv=None):
     p.add_argument("--families", nargs="+", default=["train"], choices=FAMILIES, help="lesion painting families")
     p.add_argument("--no-patch", action="store_true", help="skip the patch filler's rows")
     p.add_argument("--per-category", type=int, default=2, help="masks per category (after the benchmark's)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, info = load_model(args.weights, "fill", "cpu")
     given = json.loads(args.set)
     data = cases(args)
@@ -69,7 +70,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
     lines = ["# Validation set (fill settings are chosen here)", "",
              f"Command: `{cmd.strip()}`; fill weights sha256 {info['sha256'][:12]}, settings "
-             f"{model.fill_settings.replace(**given).to_dict()}; 2 CPU threads.", "",
+             f"{model.fill_settings.replace(**given).to_dict()}; {args.threads} CPU threads.", "",
              "| family | category | mask | method | PSNR in | SSIM in | time s |", "|---|---|---|---|---|---|---|", *rows,
              "",
              "| method | mean PSNR in | mean SSIM in |", "|---|---|---|"]
