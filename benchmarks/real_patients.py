@@ -14,7 +14,11 @@ white-matter class chosen by the contrast (T1w: brightest; T2w: darkest; FLAIR: 
 voxels 2-5 voxels outside the mask that it labels white matter. Stroke lesions reach into grey matter, so ``wm``
 below 1 is expected there; read it across fillers, not as an absolute. usb_prep fills each scan with the weights'
 model for its contrast; on T2w and FLAIR scans the row "usb_prep (T1w model)" is the T1w fill on the same scan (what
-the release before the T2w/FLAIR models did). No scan here was used in any training.
+the release before the T2w/FLAIR models did); "usb_prep (T1w guide)" on ms07's FLAIR is the fill guided by the
+usb_prep fill of the same session's T1w (``--guide``, what ``usb-prep`` does for a session's T1w + FLAIR). Lesions
+of these scans never trained anything; ``--trained`` names scans whose healthy-appearing tissue trained the weights'
+models (the clinical stroke T2w trains the T2w/FLAIR fill model since the session of 2026-12-07, third), marked in
+the table.
 
     python benchmarks/real_patients.py [--cap 300] [--weights DIR]  # -> results/real_patients.{md,json}, .../*.png
 """
@@ -42,10 +46,11 @@ SCANS = {
     "stroke_m2307_T2w": ("stroke_m2307/T2w_brain.nii.gz", "stroke_m2307/lesion_mask.nii.gz", "t2w"),
     "stroke_clinical_T2w": ("stroke_t2_clinical/T2w_head.nii", "stroke_t2_clinical/lesion_mask.nii", "t2w"),
 }
+GUIDES = {"ms07_FLAIR": "ms07_T1w"}  # scan -> the scan of the same session whose usb fill guides it (same mask)
 WM_CLASS = {"t1w": 2, "t2w": 0, "flair": 1}  # index of white matter among the three sorted intensity classes
-METHODS = ("niftyseg", "laplace", "patch", "usb_t1w", "usb")
+METHODS = ("niftyseg", "laplace", "patch", "usb_t1w", "usb", "usb_guided")
 LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)", "usb_t1w": "usb_prep (T1w model)",
-          "usb": "usb_prep"}
+          "usb": "usb_prep", "usb_guided": "usb_prep (T1w guide)"}
 
 
 def neighbourhood(image, mask, contrast):
@@ -76,8 +81,10 @@ def region_scores(filled, mask, centres, wm, ring) -> dict:
             "outside": float(((vals < lo) | (vals > hi)).mean()), "wm": float((classify(vals, centres) == wm).mean())}
 
 
-def fill_all(path: Path, mask_path: Path, cap: float, threads: int, contrast: str = "t1w", weights=None) -> dict:
-    """Every filler's output (or None) and wall seconds."""
+def fill_all(path: Path, mask_path: Path, cap: float, threads: int, contrast: str = "t1w", weights=None,
+             guide=None) -> dict:
+    """Every filler's output (or None) and wall seconds; ``guide`` (a filled image of the same head) adds the
+    guided usb fill."""
     import torch
 
     from usb_prep import api
@@ -92,6 +99,11 @@ def fill_all(path: Path, mask_path: Path, cap: float, threads: int, contrast: st
     res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads, contrast=contrast,
                           weights=weights)
     out["usb"] = (np.asarray(res.image.dataobj, np.float32), time.perf_counter() - t0)
+    if guide is not None:
+        t0 = time.perf_counter()
+        res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads,
+                              contrast=contrast, weights=weights, guide=guide)
+        out["usb_guided"] = (np.asarray(res.image.dataobj, np.float32), time.perf_counter() - t0)
     if contrast != "t1w":
         t0 = time.perf_counter()
         res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads, contrast="t1w",
@@ -140,15 +152,19 @@ def main(argv=None):
     p.add_argument("--cap", type=float, default=300, help="NiftySeg's time cap per scan (s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights", default=None, help="weights folder (default: packaged)")
+    p.add_argument("--trained", nargs="*", default=[],
+                   help="scans whose healthy tissue trained the weights (marked in the table)")
     a = p.parse_args(argv)
     out = Path(a.out)
     (out / "real_patients").mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, usb_fills = {}, {}
     for name, (img_rel, mask_rel, contrast) in SCANS.items():
         path, mask_path = Path(a.data) / img_rel, Path(a.data) / mask_rel
         data = np.asarray(nib.load(str(path)).dataobj, np.float32)
         mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0.5
-        fills = fill_all(path, mask_path, a.cap, a.threads, contrast, a.weights)
+        guide = usb_fills.get(GUIDES.get(name))
+        fills = fill_all(path, mask_path, a.cap, a.threads, contrast, a.weights, guide)
+        usb_fills[name] = nib.Nifti1Image(fills["usb"][0], nib.load(str(path)).affine)
         centres, wm, ring = neighbourhood(data, mask, contrast)
         row = {"contrast": contrast, "mask_ml": float(mask.sum() * np.prod(nib.load(str(path)).header.get_zooms()[:3])
                                                         / 1000), "lesions": int(ndimage.label(mask)[1]),
@@ -171,7 +187,8 @@ def main(argv=None):
     for name, row in results.items():
         for m in ("unfilled", *(m for m in METHODS if m in row)):
             r = row[m]
-            head = f"| {name} | {row['contrast']} | {row['mask_ml']:.1f} | {row['lesions']} | {LABELS.get(m, m)} |"
+            shown = name + (" (healthy tissue trained)" if name in a.trained else "")
+            head = f"| {shown} | {row['contrast']} | {row['mask_ml']:.1f} | {row['lesions']} | {LABELS.get(m, m)} |"
             if r is None:
                 lines.append(head + " did not finish | | | | |")
                 continue

@@ -82,9 +82,10 @@ def main(argv=None):
 GRID = [(p / 10, n / 10) for p in range(11) for n in range(11 - p)]  # (patch_weight, nlm_weight)
 
 
-def blend_means(model, data, given) -> dict:
+def blend_means(model, data, given, per_case: dict | None = None) -> dict:
     """Mean (PSNR, SSIM) in the mask of each blend (1 - p - n) * model + p * patch + n * nlm (guided by the
-    model) of :data:`GRID`, from one run's parts per case."""
+    model) of :data:`GRID`, from one run's parts per case; ``per_case`` (a dict) also gets each blend's
+    per-case list, in ``data``'s order."""
     from usb_prep import api
 
     res = {w: [] for w in GRID}
@@ -97,12 +98,15 @@ def blend_means(model, data, given) -> dict:
             r = scores(filled, c)
             res[w].append((r["psnr"], r["ssim"]))
         print(c.name, flush=True)
+    if per_case is not None:
+        per_case.update(res)
     return {w: tuple(np.mean(v, 0)) for w, v in res.items()}
 
 
 def sweep(model, info, data, given, out, cmd):
     """Score the blends of :data:`GRID` (:func:`blend_means`); the best 15 to ``out``."""
-    mean = blend_means(model, data, given)
+    per_case: dict = {}
+    mean = blend_means(model, data, given, per_case)
     ranked = sorted(GRID, key=lambda w: -mean[w][0])
     s = model.fill_settings
     lines = ["# Validation sweep of the blend weights", "",
@@ -111,6 +115,16 @@ def sweep(model, info, data, given, out, cmd):
              "| patch_weight | nlm_weight | model share | mean PSNR in | mean SSIM in |", "|---|---|---|---|---|"]
     lines += [f"| {w[0]:.1f} | {w[1]:.1f} | {1 - sum(w):.1f} | {mean[w][0]:.2f} | {mean[w][1]:.3f} |"
               for w in ranked[:15]]
+    # per lesion category: is the best blend the same for small and large lesions?
+    lines += ["", "Best blend per category (mean over its masks; the overall best for comparison):", "",
+              "| category | masks | best patch / nlm / model | its PSNR in | overall best's PSNR in |",
+              "|---|---|---|---|---|"]
+    for cat in dict.fromkeys(c.category for c in data):
+        idx = [i for i, c in enumerate(data) if c.category == cat]
+        cat_mean = {w: float(np.mean([per_case[w][i][0] for i in idx])) for w in GRID}
+        b = max(GRID, key=cat_mean.get)
+        lines.append(f"| {cat} | {len(idx)} | {b[0]:.1f} / {b[1]:.1f} / {1 - sum(b):.1f} | {cat_mean[b]:.2f} | "
+                     f"{cat_mean[ranked[0]]:.2f} |")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
