@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import phantom
-from usb_prep.cli.bids_app import build_workflow, get_parser, main
+from usb_prep.cli.bids_app import EXIT_USAGE, build_workflow, get_parser, main
 
 
 def _write(path, data, aff):
@@ -272,3 +272,39 @@ def test_bids_validator_rejects_a_broken_dataset(tmp_path):
     (bad / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"not a nifti")
     r = subprocess.run([*_bids_validator(), str(bad)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
+
+
+def test_bids_filter_file_selects_images_and_refuses_what_it_cannot_read(bids_ds, tmp_path):
+    """fMRIPrep's filter format: the t1w query's entities select the T1w images; null means absent; other
+    queries are ignored; an unknown entity or a non-anat datatype is a usage error, not ignored."""
+    from usb_prep.bids import collect_anat, passes_filter, read_bids_filters
+
+    extra = bids_ds / "sub-01" / "anat" / "sub-01_acq-fast_run-2_T1w.nii.gz"
+    extra.write_bytes((bids_ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz").read_bytes())
+    flt = tmp_path / "filter.json"
+    flt.write_text(json.dumps({"t1w": {"datatype": "anat", "suffix": "T1w", "acquisition": None},
+                               "bold": {"task": "rest"}}))
+    rules = read_bids_filters(flt)
+    assert rules == {"T1w": {"acq": None}}
+    found, _ = collect_anat(bids_ds, participant_labels=["01"], bids_filters=rules)
+    assert [p.image.name for p in found] == ["sub-01_T1w.nii.gz"]
+    found, _ = collect_anat(bids_ds, participant_labels=["01"])
+    assert len(found) == 2
+    found, _ = collect_anat(bids_ds, bids_filters=read_bids_filters(_json(tmp_path, {"t1w": {"session": "1"}})))
+    assert [(p.subject, p.session) for p in found] == [("02", "1")]
+    assert passes_filter({"run": "02", "acq": "fast"}, {"run": ["2"], "acq": ["fast", "slow"]})
+    assert not passes_filter({"run": "3"}, {"run": ["2"]})
+    opts = get_parser().parse_args(_args(bids_ds, tmp_path, "--participant-label", "01",
+                                         "--bids-filter-file", str(flt)))
+    _, plan = build_workflow(opts)
+    assert [e.key for e in plan.entries] == ["sub-01"]
+    for bad in ({"t1w": {"flavour": "x"}}, {"t1w": {"datatype": "func"}}, {"t1w": {"session": {"a": 1}}}, ["t1w"]):
+        with pytest.raises(ValueError):
+            read_bids_filters(_json(tmp_path, bad))
+        assert main(_args(bids_ds, tmp_path, "--bids-filter-file", str(_json(tmp_path, bad)))) == EXIT_USAGE
+
+
+def _json(tmp_path, obj):
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(obj))
+    return path

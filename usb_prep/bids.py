@@ -71,6 +71,69 @@ def build_name(entities: Mapping, suffix: str, extension: str = ".nii.gz") -> st
 
 #: BIDS suffixes of the anatomical images the app fills, and the fill's contrast for each.
 SUFFIX_CONTRAST = {"T1w": "t1w", "T2w": "t2w", "FLAIR": "flair"}
+#: pybids entity names a ``--bids-filter-file`` may use -> the file-name keys (fMRIPrep's filter file format).
+FILTER_ENTITIES = {"subject": "sub", "session": "ses", "acquisition": "acq", "ceagent": "ce", "reconstruction": "rec",
+                   "run": "run", "part": "part", "echo": "echo", "inversion": "inv", "space": "space"}
+
+
+def read_bids_filters(path) -> dict[str, dict]:
+    """A ``--bids-filter-file`` (JSON, fMRIPrep's format: ``{"t1w": {"session": "01", "acquisition": null}}``)
+    as ``{suffix: {key: [values] or None}}`` for the suffixes of :data:`SUFFIX_CONTRAST`.
+
+    Queries for other data (``bold``, ``fmap``...) are ignored; ``datatype`` must be ``anat`` and ``suffix``
+    the query's own; a value is a label, a list of labels (any matches) or null (the entity must be absent).
+    Anything else (regular expressions, unknown entities) raises ``ValueError``: silently ignoring a filter
+    would process data the user excluded.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the BIDS filter file {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a BIDS filter file is a JSON object of queries (t1w, t2w, flair...)")
+    by_query = {s.lower(): s for s in SUFFIX_CONTRAST}
+    out = {}
+    for query, flt in raw.items():
+        suffix = by_query.get(str(query).lower())
+        if suffix is None:
+            continue
+        if not isinstance(flt, dict):
+            raise ValueError(f"{path}: query {query!r} must be an object of entities")
+        rules = {}
+        for key, value in flt.items():
+            if key == "datatype":
+                if value not in ("anat", ["anat"]):
+                    raise ValueError(f"{path}: {query}.datatype must be 'anat' (got {value!r})")
+                continue
+            if key == "suffix":
+                if value not in (suffix, [suffix]):
+                    raise ValueError(f"{path}: {query}.suffix must be {suffix!r} (got {value!r})")
+                continue
+            short = FILTER_ENTITIES.get(key, key if key in FILTER_ENTITIES.values() else None)
+            if short is None:
+                raise ValueError(f"{path}: {query}: unsupported entity {key!r} (use: {', '.join(FILTER_ENTITIES)})")
+            values = [value] if isinstance(value, (str, int)) else value
+            if values is not None and not (isinstance(values, list) and all(isinstance(v, (str, int))
+                                                                            for v in values)):
+                raise ValueError(f"{path}: {query}.{key} must be a label, a list of labels or null (got {value!r})")
+            rules[short] = None if values is None else [strip_label(str(v), short) for v in values]
+        out[suffix] = rules
+    return out
+
+
+def passes_filter(entities: Mapping, rules: Mapping | None) -> bool:
+    """Whether a file's entities (:func:`parse_entities`) satisfy one query's rules (:func:`read_bids_filters`)."""
+    def norm(key, v):  # run and echo are indices: run-01 is run 1
+        return (v.lstrip("0") or "0") if key in ("run", "echo") else v
+
+    for key, values in (rules or {}).items():
+        have = entities.get(key)
+        if values is None:
+            if have is not None:
+                return False
+        elif have is None or norm(key, have) not in {norm(key, v) for v in values}:
+            return False
+    return True
 
 
 @dataclass
@@ -158,6 +221,7 @@ def collect_anat(
     mask_kind: str = "lesion",
     masks_dir=None,
     suffixes: Iterable[str] = ("T1w",),
+    bids_filters: Mapping[str, Mapping] | None = None,
 ) -> tuple[list[AnatInput], list[str]]:
     """Find anatomical images (``suffixes``: T1w, T2w, FLAIR) and their masks.
 
@@ -174,6 +238,8 @@ def collect_anat(
         before ``anat/``.
     suffixes : iterable of str
         Which images to fill (keys of :data:`SUFFIX_CONTRAST`); each uses the mask found for it.
+    bids_filters : mapping, optional
+        ``{suffix: rules}`` from :func:`read_bids_filters`: images of that suffix must pass its rules.
 
     Returns
     -------
@@ -207,8 +273,10 @@ def collect_anat(
                 continue
             for image in [p for sfx in suffixes for ext in (".nii.gz", ".nii")
                           for p in sorted(adir.glob(f"sub-*_{sfx}{ext}"))]:
-                found = True
                 ents = parse_entities(image)
+                if bids_filters and not passes_filter(ents, bids_filters.get(ents["suffix"])):
+                    continue
+                found = True
                 folders = []
                 if masks_dir is not None:
                     mdir = Path(masks_dir) / f"sub-{sub}"
@@ -219,7 +287,8 @@ def collect_anat(
                     mask = _find_mask(ents, [adir], mask_kind, derivatives=False)
                 inputs.append(AnatInput(sub, ses, image.absolute(), mask.absolute() if mask else None, ents))
         if not found:
-            problems.append(f"sub-{sub}: no {' or '.join(suffixes)} image")
+            problems.append(f"sub-{sub}: no {' or '.join(suffixes)} image"
+                            + (" passing the BIDS filter file" if bids_filters else ""))
     return inputs, problems
 
 

@@ -47,8 +47,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                    help="subjects to process (the 'sub-' prefix is optional)")
     g.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions ('ses-' optional)")
-    g.add_argument("--bids-filter-file", type=Path, help="JSON filter (accepted for compatibility; "
-                   "only 't1w'/'mask' 'session' keys are read)")
+    g.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                   help="JSON filter in fMRIPrep's format: its 't1w', 't2w' and 'flair' queries select the images "
+                        "to fill by entity (e.g. {\"t1w\": {\"session\": \"01\", \"acquisition\": null}}); other "
+                        "queries are ignored")
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
     g.add_argument("--contrast", nargs="+", choices=["t1w", "t2w", "flair"], default=["t1w"],
                    help="which anatomical images to fill: their BIDS suffix (_T1w, _T2w, _FLAIR) tells each one's "
@@ -166,6 +168,15 @@ def check_dependencies(opts) -> list[str]:
     return problems
 
 
+def _bids_filters(opts) -> dict | None:
+    """The filter file's queries, read once (:func:`main` reads it before anything runs: a usage error)."""
+    from usb_prep.bids import read_bids_filters
+
+    if getattr(opts, "bids_filters", None) is None and opts.bids_filter_file:
+        opts.bids_filters = read_bids_filters(opts.bids_filter_file)
+    return getattr(opts, "bids_filters", None)
+
+
 def build_workflow(opts) -> tuple:
     """Build the nipype workflow for all selected subjects.
 
@@ -190,6 +201,7 @@ def build_workflow(opts) -> tuple:
     inputs, problems = core.collect_anat(
         opts.bids_dir, participant_labels=opts.participant_label, session_labels=opts.session_label,
         mask_kind=opts.mask_kind, masks_dir=opts.masks_dir, suffixes=_suffixes(opts),
+        bids_filters=_bids_filters(opts),
     )
     plan = Plan(skipped=[(p.split(":")[0], p.split(":", 1)[1].strip()) for p in problems if "not found" not in p],
                 unknown=[p for p in problems if "not found" in p])
@@ -341,6 +353,7 @@ def main(argv=None) -> int:
             fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}), contrast)
         if opts.filled_dataset:
             check_filled_dataset_dir(opts.filled_dataset, opts.bids_dir)
+        _bids_filters(opts)
     except (ValueError, WeightsError) as e:
         LOGGER.error("%s", e)
         return EXIT_USAGE
