@@ -174,6 +174,7 @@ def test_sidecar_path_and_write(tmp_path):
     assert sidecar_path(tmp_path / "a.nii.gz") == tmp_path / "a.json"
     assert sidecar_path(tmp_path / "b.mgz") == tmp_path / "b.json"
     assert sidecar_path(tmp_path / "c.nii") == tmp_path / "c.json"
+    assert sidecar_path(tmp_path / "sub-01.html") == tmp_path / "sub-01.json"  # reports: their one extension
     p = write_sidecar(tmp_path / "a.json", {"seed": 1, "path": tmp_path})
     import json
 

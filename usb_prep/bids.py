@@ -374,12 +374,7 @@ def copy_derivative(src, dst, sidecar: Mapping | None = None) -> str:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     if sidecar is not None:
-        base = str(dst)
-        for ext in (".nii.gz", ".nii", ".mgz", ".html"):
-            if base.endswith(ext):
-                base = base[: -len(ext)]
-                break
-        write_json(base + ".json", sidecar)
+        write_json(sidecar_path(dst), sidecar)
     return str(dst.absolute())
 
 

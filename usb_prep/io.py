@@ -32,8 +32,10 @@ def strip_suffix(path: str | os.PathLike) -> Path:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """``out.nii.gz`` -> ``out.json``."""
+    """``out.nii.gz`` -> ``out.json`` (other files, e.g. reports: ``report.html`` -> ``report.json``)."""
     p = strip_suffix(path)
+    if p == Path(path):  # not an image: its one extension
+        p = p.with_suffix("")
     return p.with_name(p.name + ".json")
 
 
