@@ -87,8 +87,9 @@ class ReinstateLesion(SimpleInterface):
         if res.label_image is not None:
             self._results["out_file"] = core.save(
                 res.label_image, _out_name(self.inputs.in_file, self.inputs.out_suffix, runtime.cwd))
-            base = os.path.basename(self.inputs.in_file).split(".nii")[0].removesuffix(".mgz")
-            stats = os.path.join(runtime.cwd, base + ".lesion.stats")
+            from usb_prep.io import strip_suffix
+
+            stats = os.path.join(runtime.cwd, strip_suffix(os.path.basename(self.inputs.in_file)).name + ".lesion.stats")
             with open(stats, "w") as f:
                 f.write(core.lesion_stats(self.inputs.in_file, res.label_image,
                                           source=os.path.basename(self.inputs.in_file)))
