@@ -235,3 +235,29 @@ def test_refiner_skips_windows_without_lesion_voxels_same_result(monkeypatch):
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.allclose(want, parts[3][m], atol=1e-3)  # the refiner did change the blend
     assert skipped < sum(calls)  # the empty middle of the box was not computed
+
+
+def test_refiner_cases_of_other_contrasts_use_that_contrasts_model_and_blend(tmp_path):
+    """contrast "T2w": the T1w brain mapped to T2w (CSF brighter than tissue), the lesion painted bright, the parts
+    made by the fill_t2w model, whose blend (patch / nlm / model share) the case records and load_cases uses."""
+    from usb_prep.train.refiner import RefinerConfig, generate, load_cases
+
+    brains, masks, _ = _tiny_cohort(tmp_path)
+    torch.manual_seed(1)
+    m1, m2 = USBModel(preset("tiny")).eval(), USBModel(preset("tiny")).eval()
+    weights = save_model(tmp_path / "w2", {"fill": m1, "fill_t2w": m2, "generate": m1},
+                         extra={"contrast_settings": {"t2w": {"patch_weight": 0.4, "nlm_weight": 0.5}}})
+    cfg = RefinerConfig(brains=str(brains), masks=str(masks), out=str(tmp_path / "run"), fill_weights=str(weights),
+                        cases=2, min_ml=0.05, min_voxels=20, workers=0, contrast="T2w")
+    assert generate(cfg) == 2
+    files = sorted((tmp_path / "run" / "cases").glob("*.npz"))
+    with np.load(files[0]) as z:
+        assert str(z["contrast"]) == "t2w" and np.allclose(z["blend"], [0.4, 0.5])
+        m, img, truth = z["mask"], z["img"], z["truth"]
+        tissue = truth[(truth > 0) & ~m]
+        assert tissue.max() > 1.5 * np.median(tissue)  # the ventricle: CSF bright on T2w
+        assert img[m].mean() > truth[m].mean()  # bright lesion
+        want = 0.4 * z["pf"] + 0.5 * z["nf"] + 0.1 * z["u"]
+    x, base, t, mk = load_cases(files[:1])[0]
+    sl = tuple(slice(0, s) for s in want.shape)
+    assert np.allclose(base[sl][m], want[m], atol=1e-5)

@@ -54,6 +54,10 @@ class RefinerConfig:
     ms_every: int = 5  # every ms_every-th case (i % ms_every == ms_every - 1) draws an MS mask (0: never);
     # the bank is ~97% stroke, users' and the benchmark's lesions are not
     max_masks: int | None = None  # use only this many masks (tests)
+    contrast: str = "T1w"  # T1w, T2w, FLAIR or several (one drawn per case): other than T1w, the brain is mapped
+    # to that contrast (real scans of it used as they are for p_native of its cases), the lesion painted bright and
+    # the parts made by the fill weights' model for that contrast, under its blend
+    p_native: float = 0.3
     exclude_brains: tuple[str, ...] = ("otsu_head", "brats_gli_00001")
     channels: tuple[int, ...] = (16, 32, 48)
     init: str | None = None  # start from this refiner: "packaged" or a state dict (OUT/refine.pt); None: from scratch
@@ -64,12 +68,12 @@ class RefinerConfig:
         return asdict(self)
 
 
-def paint_t1w(image, brain, mask, rng) -> np.ndarray:
-    """A T1w lesion painted by :func:`usb_prep.data.synthesis.paint_lesion`, confined to ``mask`` (the mask
-    covers the whole lesion, as a user's mask should)."""
+def paint_t1w(image, brain, mask, rng, contrast: str = "T1w") -> np.ndarray:
+    """A lesion (T1w unless ``contrast`` says otherwise) painted by :func:`usb_prep.data.synthesis.paint_lesion`,
+    confined to ``mask`` (the mask covers the whole lesion, as a user's mask should)."""
     from ..data.synthesis import paint_lesion
 
-    out = paint_lesion(image, brain, mask, rng, contrast="T1w")
+    out = paint_lesion(image, brain, mask, rng, contrast=contrast)
     out = out[0] if isinstance(out, tuple) else out
     return np.where(mask, out, image).astype(np.float32)
 
@@ -98,14 +102,30 @@ def _banks(cfg: RefinerConfig, ref):
     return bank, (load_mask_bank(ms, grid, min_ml=cfg.min_ml, max_ml=cfg.max_ml) if ms else [])
 
 
-def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms_every: int = 0) -> dict | None:
+def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms_every: int = 0,
+              contrasts=("t1w",), p_native: float = 0.3) -> dict | None:
     """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small.
-    Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty)."""
+    Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty).
+    ``model``: the fill model, or ``{contrast: model}`` with ``contrasts`` (one drawn per case; T1w brains mapped
+    to it, real scans of it, as :func:`usb_prep.train.diffusion.load_brains` reads them, for ``p_native`` of its
+    cases). The case records its contrast and the blend weights (patch, nlm) of its model's settings."""
     from .diffusion import place_bank_mask
 
     rng = np.random.default_rng(10_000 + i)
-    b = brains[rng.integers(len(brains))]
+    c = contrasts[rng.integers(len(contrasts))] if len(contrasts) > 1 else contrasts[0]
+    native = [b for b in brains if b.get("contrast") == c != "t1w"]
+    if native and rng.random() < p_native:
+        b = native[rng.integers(len(native))]
+    else:
+        t1w = [b for b in brains if b.get("contrast", "t1w") == "t1w"]
+        b = t1w[rng.integers(len(t1w))]
     truth, brain, aff = b["image"], b["brain"], b["affine"]
+    if c != b.get("contrast", "t1w"):
+        from ..data.contrast import random_map
+
+        vals = truth[brain & (truth > 0)]
+        truth = random_map(c, rng, rng.choice(vals, min(20000, vals.size), replace=False))(truth)
+    model = model[c] if isinstance(model, dict) else model
     pool = ms_bank if ms_every and i % ms_every == ms_every - 1 and len(ms_bank) else bank
     mm, box, e = place_bank_mask(pool, rng)  # as the fill model's training places them
     m = np.zeros(truth.shape, bool)
@@ -113,26 +133,28 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
     m &= brain
     if m.sum() < min_voxels:
         return None
-    img = paint_t1w(truth, brain, m, rng)
+    img = paint_t1w(truth, brain, m, rng, contrast=c)
     u, pf, nf = fill_parts(model, img, m, aff)
     sl = crops.bbox(m, CONTEXT)  # the lesions' box with CONTEXT known voxels, as refine_fill crops
+    s = model.fill_settings
     return dict(truth=truth[sl], img=img[sl], mask=m[sl], u=u[sl], pf=pf[sl], nf=nf[sl],
-                brain_name=b["name"], mask_name=e["name"])
+                brain_name=b["name"], mask_name=e["name"], contrast=c,
+                blend=np.array([s.patch_weight, s.nlm_weight], np.float32))
 
 
 def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float | None = None) -> int:
     """Write the cases ``k, k + n, ...`` (shard ``(k, n)``) missing from ``OUT/cases``; returns how many."""
+    from ..data.contrast import parse_contrasts
+    from ..weights import fill_role, load_model
     from .diffusion import load_brains
-    from ..weights import load_model
 
     torch.set_num_threads(1)
     out = Path(cfg.out) / "cases"
     out.mkdir(parents=True, exist_ok=True)
-    brains = load_brains(cfg.brains, exclude=tuple(cfg.exclude_brains))
-    if not brains:
-        raise FileNotFoundError(f"no prepared brains in {cfg.brains!r}")
+    contrasts = parse_contrasts(cfg.contrast)
+    brains = load_brains(cfg.brains, exclude=tuple(cfg.exclude_brains), contrasts=contrasts)
     bank, ms_bank = _banks(cfg, brains[0])
-    model, _ = load_model(cfg.fill_weights, "fill", "cpu")
+    models = {c: load_model(cfg.fill_weights, fill_role(c), "cpu")[0] for c in contrasts}
     t_end = time.time() + 60 * (cfg.gen_minutes if minutes is None else minutes)
     k, n = shard
     made = 0
@@ -143,15 +165,15 @@ def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float
         if f.exists():
             continue
         t0 = time.time()
-        case = make_case(i, brains, bank, model, cfg.min_voxels, ms_bank, cfg.ms_every)
+        case = make_case(i, brains, bank, models, cfg.min_voxels, ms_bank, cfg.ms_every, contrasts, cfg.p_native)
         if case is None:
             continue
         tmp = f.with_name(f.stem + ".tmp.npz")
         np.savez_compressed(tmp, **case)
         os.replace(tmp, f)
         made += 1
-        log.info("case %d: %s x %s, %.1f ml, %.0f s", i, case["brain_name"], case["mask_name"],
-                 case["mask"].sum() / 1000, time.time() - t0)
+        log.info("case %d: %s (%s) x %s, %.1f ml, %.0f s", i, case["brain_name"], case["contrast"],
+                 case["mask_name"], case["mask"].sum() / 1000, time.time() - t0)
     return made
 
 
@@ -161,7 +183,11 @@ def load_cases(files) -> list[tuple[np.ndarray, ...]]:
     for f in files:
         with np.load(f) as z:
             m = z["mask"]
-            x, base = refiner_inputs(z["img"], m, z["u"], z["pf"], z["nf"], 0.2 * z["pf"] + 0.8 * z["nf"])
+            wp, wn = z["blend"] if "blend" in z else (0.2, 0.8)  # cases before the blend was recorded: the T1w's
+            blend = wp * z["pf"] + wn * z["nf"]
+            if round(1 - wp - wn, 6) > 0:  # the model's own share
+                blend = blend + (1 - wp - wn) * z["u"]
+            x, base = refiner_inputs(z["img"], m, z["u"], z["pf"], z["nf"], blend)
             cases.append(tuple(pad_to_window(a) for a in (x, base, z["truth"].astype(np.float32), m)))
     return cases
 
