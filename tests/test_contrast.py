@@ -190,3 +190,36 @@ def test_packaged_weights_fill_every_contrast():
         s = fill_settings_of(None, contrast=contrast)
         assert s.patch_weight + s.nlm_weight <= 1
     assert {"fill", "fill_t2w", "fill_flair"} <= set(read_manifest(packaged_weights_dir())["models"])
+
+
+def test_a_contrast_may_have_its_own_refiner(contrast_weights, tmp_path):
+    """bundle(contrast_refiners=): the FLAIR fill loads its own refiner, the T1w fill the one refiner; both are
+    sha256-checked entries, and bundling again keeps the contrast's."""
+    import torch
+
+    from usb_prep.fill.refiner import Refiner
+
+    states = {}
+    for name, seed in (("main", 0), ("flair", 1)):
+        torch.manual_seed(seed)
+        net = Refiner()
+        torch.nn.init.normal_(net.out.weight)
+        states[name] = tmp_path / f"{name}.pt"
+        torch.save(net.state_dict(), states[name])
+    w = bundle(tmp_path / "w", fill=contrast_weights, generate=contrast_weights, refiner=str(states["main"]),
+               contrast_refiners={"flair": str(states["flair"])}, contrast_settings={"flair": {"refine": True}})
+    man = read_manifest(w)
+    assert set(man["contrast_refiners"]) == {"flair"}
+    assert man["contrast_refiners"]["flair"]["sha256"] != man["refiner"]["sha256"]
+    flair, info = load_model(w, "fill_flair")
+    t1w, _ = load_model(w, "fill")
+    want = torch.load(states["flair"])
+    assert torch.equal(flair.refiner.out.weight, want["out.weight"])
+    assert not torch.equal(t1w.refiner.out.weight, want["out.weight"])
+    assert info["refiner_sha256"] == man["contrast_refiners"]["flair"]["sha256"]
+    assert flair.fill_settings.refine and fill_settings_of(w, contrast="flair").refine
+    again = read_manifest(bundle(tmp_path / "again", fill=w, generate=w))
+    assert again["contrast_refiners"]["flair"]["sha256"] == man["contrast_refiners"]["flair"]["sha256"]
+    (w / man["contrast_refiners"]["flair"]["file"]).write_bytes(b"corrupt")
+    with pytest.raises(WeightsError, match="checksum"):
+        load_model(w, "fill_flair")

@@ -10,7 +10,8 @@
 
 ``fill`` runs the editing tasks (known-mask filling, healing, embedding) on T1w images, ``fill_t2w`` and
 ``fill_flair`` (optional) fill T2w and FLAIR images (their own fill settings under ``contrast_settings``;
-the one refiner serves every fill whose settings say ``refine``), and ``generate`` runs the generation tasks;
+the one refiner serves every fill whose settings say ``refine``, unless ``contrast_refiners`` has one for that
+contrast: ``{"t2w": {"file": "refine_t2w.safetensors", ...}}``), and ``generate`` runs the generation tasks;
 the optional ``refiner`` (:mod:`usb_prep.fill.refiner`) is the known-mask fill's last stage, attached to the fill
 model as ``model.refiner``, and ``fill_settings`` (:class:`usb_prep.fill.FillSettings`) the fill's defaults, as
 ``model.fill_settings``. A folder may hold one model under several roles (the converted ``paper`` model does).
@@ -111,10 +112,12 @@ def read_manifest(folder: Path) -> dict:
     return man
 
 
-def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None) -> Path:
+def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Module"], *, extra: dict | None = None,
+               contrast_refiners: dict | None = None) -> Path:
     """Write models (each a :class:`usb_prep.diffusion.model.USBModel`) under their roles; the fill model's
     refiner and fill settings (where set) too. The T2w/FLAIR fills' settings go in ``extra["contrast_settings"]``
-    (one model may serve several contrasts, each with its own settings; :func:`bundle` writes them)."""
+    (one model may serve several contrasts, each with its own settings; :func:`bundle` writes them), their own
+    refiners (contrast -> :class:`usb_prep.fill.refiner.Refiner`) in ``contrast_refiners``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict] = {}
@@ -138,6 +141,12 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
     if refiner is not None:
         manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
+    saved: dict[int, dict] = {}  # one file per distinct refiner
+    for c, net in (contrast_refiners or {}).items():
+        if id(net) not in saved:
+            fname = f"refine_{c}.safetensors"
+            saved[id(net)] = {"file": fname, "sha256": _save_state(net, folder / fname), "channels": list(net.channels)}
+        manifest.setdefault("contrast_refiners", {})[c] = saved[id(net)]
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(folder / MANIFEST)
@@ -201,8 +210,9 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if _contrast_of(role) is not None and "refiner" in man:  # every fill may use it (its settings say)
-        model.refiner = load_refiner(folder, man["refiner"])
+    refiner_entry = _refiner_entry(man, _contrast_of(role))
+    if refiner_entry is not None:  # every fill may use it (its settings say)
+        model.refiner = load_refiner(folder, refiner_entry)
     if _contrast_of(role) is not None:
         try:
             model.fill_settings = from_manifest(man, getattr(model, "refiner", None) is not None, _contrast_of(role))
@@ -215,7 +225,7 @@ def load_model(weights: str | os.PathLike | None = None, role: str = "fill", dev
     info = {"weights": "packaged default" if packaged else str(folder), "file": path.name, "sha256": digest,
             "role": role, "preset": cfg.name}
     if getattr(model, "refiner", None) is not None:
-        info["refiner_sha256"] = man["refiner"]["sha256"]  # checked by load_refiner
+        info["refiner_sha256"] = refiner_entry["sha256"]  # checked by load_refiner
     log.debug("loaded %s", info)
     return model, info
 
@@ -231,7 +241,7 @@ def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict |
     if role not in man["models"]:
         raise _no_role(folder, man, role)
     try:
-        settings = from_manifest(man, "refiner" in man, _contrast_of(role))
+        settings = from_manifest(man, _refiner_entry(man, _contrast_of(role)) is not None, _contrast_of(role))
     except ValueError as e:
         raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     return settings.replace(**(overrides or {}))
@@ -240,6 +250,14 @@ def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict |
 def model_or_load(model, weights=None, role: str = "fill", device="cpu"):
     """``model`` when given, else :func:`load_model` of ``weights`` for ``role`` (the API's array functions)."""
     return model if model is not None else load_model(weights, role, device)[0]
+
+
+def _refiner_entry(man: dict, contrast: str | None) -> dict | None:
+    """The manifest entry of the refiner of the fill of ``contrast`` (None: not a fill role, or none): the
+    contrast's own (``contrast_refiners``), else the one ``refiner``."""
+    if contrast is None:
+        return None
+    return man.get("contrast_refiners", {}).get(contrast) or man.get("refiner")
 
 
 def load_refiner(folder: Path, entry: dict):
@@ -301,7 +319,7 @@ def _contrast_models(fill, contrasts, contrast_settings, t1w_settings, t1w_model
 def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | os.PathLike, extra: dict | None = None,
            fill_config: dict | None = None, fill_settings: dict | None = None, generate_steps: int | None = None,
            refiner: str | os.PathLike | None = None, contrasts: dict | None = None,
-           contrast_settings: dict | None = None) -> Path:
+           contrast_settings: dict | None = None, contrast_refiners: dict | None = None) -> Path:
     """One weights folder from training runs' exports (``fill`` and ``generate`` roles).
 
     ``usb-train`` exports each run's EMA weights to ``RUN/weights``; the packaged default is
@@ -309,7 +327,8 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     ``refiner``: a refiner state dict to attach to the fill (else the fill folder's own refiner, if any).
     ``contrasts``: the T2w / FLAIR fills (contrast -> folder; the ``fill`` folder's own are kept otherwise),
     ``contrast_settings`` their fill settings (contrast -> dict, changes to the T1w fill's settings without the
-    refiner; default: kept).
+    refiner; default: kept); ``contrast_refiners`` their own refiners (contrast -> a state dict as ``refiner``;
+    default: the ``fill`` folder's own for the contrasts it keeps, else the one refiner).
     """
     f, _ = load_model(fill, "fill")
     g, _ = load_model(generate, "generate")
@@ -324,4 +343,9 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     if generate_steps:
         g.cfg = g.cfg.replace(default_steps=int(generate_steps))
     extra = {**(extra or {}), **({"contrast_settings": other_settings} if others else {})}
-    return save_model(out, {"fill": f, **others, "generate": g}, extra=extra)
+    folder = resolve_weights(fill)
+    kept = {c: e for c, e in read_manifest(folder).get("contrast_refiners", {}).items()
+            if c not in (contrasts or {}) and fill_role(c) in others}
+    nets = {c: load_refiner(folder, e) for c, e in kept.items()}
+    nets.update({c: load_refiner_state(spec) for c, spec in (contrast_refiners or {}).items()})
+    return save_model(out, {"fill": f, **others, "generate": g}, extra=extra, contrast_refiners=nets)
