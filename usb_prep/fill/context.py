@@ -47,9 +47,14 @@ class FillContext:
         return self.image > 0
 
     @cached_property
+    def centre(self) -> float:
+        """The image's left-right midline (voxel coordinate): the one both mirrors reflect across."""
+        return midline(self.image, lr_axis(self.affine))
+
+    @cached_property
     def mirrored(self) -> np.ndarray:
         """The image reflected across its left-right midline, lesion voxels left out (zero)."""
-        return mirror_lr(self.image, self.affine, exclude=self.mask)
+        return mirror_lr(self.image, self.affine, exclude=self.mask, centre=self.centre)
 
     @cached_property
     def mirrored_other(self) -> np.ndarray | None:
@@ -57,8 +62,7 @@ class FillContext:
         known everywhere)."""
         if self.other_contrast is None:
             return None
-        axis = lr_axis(self.affine)
-        return mirror_lr(self.other_contrast, self.affine, centre=midline(self.image, axis))
+        return mirror_lr(self.other_contrast, self.affine, centre=self.centre)
 
     def widened(self, ring: int) -> FillContext:
         """The same call with the mask grown by ``ring`` voxels within the head (the stages fill that; the
