@@ -261,3 +261,22 @@ def test_refiner_cases_of_other_contrasts_use_that_contrasts_model_and_blend(tmp
     x, base, t, mk = load_cases(files[:1])[0]
     sl = tuple(slice(0, s) for s in want.shape)
     assert np.allclose(base[sl][m], want[m], atol=1e-5)
+
+
+def test_refiner_cases_never_target_a_patients_own_lesion(tmp_path):
+    """A patient brain's real lesion (and a 2-voxel shell) is no healthy truth: the placed masks leave it out."""
+    from usb_prep.train.diffusion import load_brains
+    from usb_prep.train.refiner import RefinerConfig, _banks, make_case
+
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cohort = load_brains(brains)
+    cfg = RefinerConfig(brains=str(brains), masks=str(masks), min_ml=0.05)
+    bank, _ = _banks(cfg, cohort[0])
+    model = load_model(weights, "fill", "cpu")[0]
+    free = [make_case(i, cohort, bank, model, 1) for i in range(4)]
+    assert max(c["mask"].sum() for c in free if c is not None) > 27
+    lesion = cohort[0]["brain"].copy()
+    lesion[12:19, 12:19, 12:19] = False  # all but a 7^3 box is lesion: 3^3 voxels stay free of it and its shell
+    cohort[0]["lesion"] = lesion
+    cases = [make_case(i, cohort, bank, model, 1) for i in range(4)]
+    assert all(c is None or c["mask"].sum() <= 27 for c in cases)

@@ -108,7 +108,9 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
     Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty).
     ``model``: the fill model, or ``{contrast: model}`` with ``contrasts`` (one drawn per case; T1w brains mapped
     to it, real scans of it, as :func:`usb_prep.train.diffusion.load_brains` reads them, for ``p_native`` of its
-    cases). The case records its contrast and the blend weights (patch, nlm) of its model's settings."""
+    cases). The case records its contrast and the blend weights (patch, nlm) of its model's settings. A patient
+    brain's own lesions (``lesion``, dilated by 2 voxels as the model's training keeps them) are left out of the
+    mask: their truth is a lesion, not tissue."""
     from .diffusion import place_bank_mask
 
     rng = np.random.default_rng(10_000 + i)
@@ -131,6 +133,10 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
     m = np.zeros(truth.shape, bool)
     crops.paste(m, box, mm, np.ones(truth.shape, bool))
     m &= brain
+    if b.get("lesion") is not None:  # a patient's own lesions (and a shell) are no healthy truth: never a target
+        from scipy import ndimage
+
+        m &= ~ndimage.binary_dilation(b["lesion"], iterations=2)
     if m.sum() < min_voxels:
         return None
     img = paint_t1w(truth, brain, m, rng, contrast=c)
