@@ -81,17 +81,16 @@ def region_scores(filled, mask, centres, wm, ring) -> dict:
             "outside": float(((vals < lo) | (vals > hi)).mean()), "wm": float((classify(vals, centres) == wm).mean())}
 
 
-def fill_all(path: Path, mask_path: Path, cap: float, threads: int, contrast: str = "t1w", weights=None,
+def fill_all(path: Path, mask_path: Path, img, mimg, cap: float, threads: int, contrast: str = "t1w", weights=None,
              guide=None) -> dict:
-    """Every filler's output (or None) and wall seconds; ``guide`` (a filled image of the same head) adds the
-    guided usb fill."""
+    """Every filler's output (or None) and wall seconds; ``img`` / ``mimg``: the two files, loaded; ``guide`` (a
+    filled image of the same head) adds the guided usb fill."""
     import torch
 
     from usb_prep import api
     from usb_prep.classical import fill_image
 
     torch.set_num_threads(threads)
-    img, mimg = nib.load(str(path)), nib.load(str(mask_path))
     data = np.asarray(img.dataobj, np.float32)
     mask = np.asarray(mimg.dataobj) > 0.5
     out = {}
@@ -160,14 +159,15 @@ def main(argv=None):
     results, usb_fills = {}, {}
     for name, (img_rel, mask_rel, contrast) in SCANS.items():
         path, mask_path = Path(a.data) / img_rel, Path(a.data) / mask_rel
-        data = np.asarray(nib.load(str(path)).dataobj, np.float32)
-        mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0.5
+        img, mimg = nib.load(str(path)), nib.load(str(mask_path))
+        data = np.asarray(img.dataobj, np.float32)
+        mask = np.asarray(mimg.dataobj) > 0.5
         guide = usb_fills.get(GUIDES.get(name))
-        fills = fill_all(path, mask_path, a.cap, a.threads, contrast, a.weights, guide)
-        usb_fills[name] = nib.Nifti1Image(fills["usb"][0], nib.load(str(path)).affine)
+        fills = fill_all(path, mask_path, img, mimg, a.cap, a.threads, contrast, a.weights, guide)
+        usb_fills[name] = nib.Nifti1Image(fills["usb"][0], img.affine)
         centres, wm, ring = neighbourhood(data, mask, contrast)
-        row = {"contrast": contrast, "mask_ml": float(mask.sum() * np.prod(nib.load(str(path)).header.get_zooms()[:3])
-                                                        / 1000), "lesions": int(ndimage.label(mask)[1]),
+        row = {"contrast": contrast, "mask_ml": float(mask.sum() * np.prod(img.header.get_zooms()[:3]) / 1000),
+               "lesions": int(ndimage.label(mask)[1]),
                "unfilled": region_scores(data, mask, centres, wm, ring)}
         for m in (m for m in METHODS if m in fills):
             vol, sec = fills[m]
