@@ -280,3 +280,32 @@ def test_refiner_cases_never_target_a_patients_own_lesion(tmp_path):
     cohort[0]["lesion"] = lesion
     cases = [make_case(i, cohort, bank, model, 1) for i in range(4)]
     assert all(c is None or c["mask"].sum() <= 27 for c in cases)
+
+
+def test_stopping_a_refiner_run_stops_its_case_generators(tmp_path):
+    """SIGTERM to ``usb-train --stage refiner`` ends the generating processes too: no case is written after it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cfg = tmp_path / "refiner.json"
+    cfg.write_text(json.dumps({"stage": "refiner", "cases": 100000, "min_ml": 0.05, "min_voxels": 20, "workers": 1,
+                               "gen_minutes": 10, "start_after": 10}))
+    cases = tmp_path / "run" / "cases"
+    proc = subprocess.Popen([sys.executable, "-c", "from usb_prep.cli.train import main; main()", "--config", str(cfg),
+                             "--brains", str(brains), "--masks", str(masks), "--fill-weights", str(weights),
+                             "--out", str(tmp_path / "run"), "--quiet"])
+    try:
+        t0 = time.time()
+        while len(list(cases.glob("*.npz"))) < 2 and time.time() - t0 < 240:
+            time.sleep(0.5)
+        assert len(list(cases.glob("*.npz"))) >= 2, "no cases were generated"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        n = len(list(cases.glob("*.npz")))
+        time.sleep(4)
+        assert len(list(cases.glob("*.npz"))) == n
+    finally:
+        proc.kill()

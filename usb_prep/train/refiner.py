@@ -18,6 +18,8 @@ import glob
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,12 +273,20 @@ def _gen_worker(cfg, k, n):
     generate(cfg, (k, n))
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run(cfg: RefinerConfig, *, progress: bool = True) -> Path:
-    """Generate cases in ``cfg.workers`` processes and train beside them after ``start_after`` minutes."""
+    """Generate cases in ``cfg.workers`` processes and train beside them after ``start_after`` minutes.
+    Stopped (Ctrl-C, SIGTERM) or failing, it stops the generating processes too: left running, they would hold
+    the cores and keep writing cases."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_gen_worker, args=(cfg, k, cfg.workers)) for k in range(cfg.workers)]
     for p in procs:
         p.start()
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
     try:
         t_start = time.time() + 60 * cfg.start_after
         while time.time() < t_start and any(p.is_alive() for p in procs):
@@ -286,6 +296,12 @@ def run(cfg: RefinerConfig, *, progress: bool = True) -> Path:
         if any(p.exitcode not in (0, None) for p in procs):
             raise RuntimeError("a case-generating process failed; see its log above")
         return train_refiner(cfg, progress=progress)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
