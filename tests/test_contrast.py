@@ -220,6 +220,14 @@ def test_a_contrast_may_have_its_own_refiner(contrast_weights, tmp_path):
     assert flair.fill_settings.refine and fill_settings_of(w, contrast="flair").refine
     again = read_manifest(bundle(tmp_path / "again", fill=w, generate=w))
     assert again["contrast_refiners"]["flair"]["sha256"] == man["contrast_refiners"]["flair"]["sha256"]
+    with pytest.raises(ValueError, match="t2w"):  # a refiner for a contrast the weights do not fill
+        bundle(tmp_path / "bad", fill=w, generate=w, contrast_refiners={"t2w": str(states["flair"])})
+    both = read_manifest(bundle(tmp_path / "both", fill=w, generate=w, contrasts={"t2w": w}, contrast_refiners={
+        "t2w": str(states["flair"]), "flair": str(states["flair"])}, contrast_settings={"t2w": {"refine": True}}))
+    assert both["contrast_refiners"]["t2w"] == both["contrast_refiners"]["flair"]  # one refiner, one file
+    assert len(list((tmp_path / "both").glob("refine_*.safetensors"))) == 1
+    kept = read_manifest(bundle(tmp_path / "kept", fill=tmp_path / "both", generate=w))
+    assert kept["contrast_refiners"]["t2w"] == both["contrast_refiners"]["t2w"]
     (w / man["contrast_refiners"]["flair"]["file"]).write_bytes(b"corrupt")
     with pytest.raises(WeightsError, match="checksum"):
         load_model(w, "fill_flair")

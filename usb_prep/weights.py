@@ -141,12 +141,13 @@ def save_model(folder: str | os.PathLike, role_to_model: dict[str, "torch.nn.Mod
     if refiner is not None:
         manifest["refiner"] = {"file": REFINER_FILE, "sha256": _save_state(refiner, folder / REFINER_FILE),
                                "channels": list(refiner.channels)}
-    saved: dict[int, dict] = {}  # one file per distinct refiner
+    shared: dict[int, list[str]] = {}  # one file per distinct refiner, named after the contrasts it serves
     for c, net in (contrast_refiners or {}).items():
-        if id(net) not in saved:
-            fname = f"refine_{c}.safetensors"
-            saved[id(net)] = {"file": fname, "sha256": _save_state(net, folder / fname), "channels": list(net.channels)}
-        manifest.setdefault("contrast_refiners", {})[c] = saved[id(net)]
+        shared.setdefault(id(net), []).append(c)
+    for cs in shared.values():
+        net, fname = contrast_refiners[cs[0]], f"refine_{'_'.join(cs)}.safetensors"
+        entry = {"file": fname, "sha256": _save_state(net, folder / fname), "channels": list(net.channels)}
+        manifest.setdefault("contrast_refiners", {}).update({c: entry for c in cs})
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(folder / MANIFEST)
@@ -346,6 +347,11 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     folder = resolve_weights(fill)
     kept = {c: e for c, e in read_manifest(folder).get("contrast_refiners", {}).items()
             if c not in (contrasts or {}) and fill_role(c) in others}
-    nets = {c: load_refiner(folder, e) for c, e in kept.items()}
-    nets.update({c: load_refiner_state(spec) for c, spec in (contrast_refiners or {}).items()})
+    orphans = sorted(set(contrast_refiners or {}) - {c for c in ("t2w", "flair") if fill_role(c) in others})
+    if orphans:
+        raise ValueError(f"refiners given for {orphans}, which these weights do not fill (add them with contrasts=)")
+    by_source: dict[str, object] = {}  # one refiner serving several contrasts stays one file
+    nets = {c: by_source.setdefault(e["file"], load_refiner(folder, e)) for c, e in kept.items()}
+    nets.update({c: by_source.setdefault(f"state:{spec}", load_refiner_state(spec))
+                 for c, spec in (contrast_refiners or {}).items()})
     return save_model(out, {"fill": f, **others, "generate": g}, extra=extra, contrast_refiners=nets)
