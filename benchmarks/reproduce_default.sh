@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the packaged default weights (usb_prep/weights/default) from ../shared/data, given the time:
-# about 6.5 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
+# about 7.5 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
 # and the exact weights depend on the machine). Paths are the configs' (/work/cache, /work/runs).
 # usage: bash benchmarks/reproduce_default.sh [OUT_WEIGHTS_DIR]
 set -euo pipefail
@@ -14,5 +14,10 @@ usb-train --config benchmarks/train_gen_stage2.json                   # generati
 python benchmarks/bundle.py "$out"                                     # fill2 + gen2, packaged defaults
 # the fill's refiner (~65 min): synthetic cases filled by the bundled fill, the refiner trained beside them
 usb-train --config benchmarks/train_refiner.json --fill-weights "$out"  # -> /work/runs/refiner/refine.pt
-python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner /work/runs/refiner/refine.pt
+python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner /work/runs/refiner/refine.pt \
+    --contrast t2w="$out" --contrast flair="$out" --contrast-set '{"t2w": {"refine": true}, "flair": {"refine": true}}'
+# the T2w/FLAIR refiner (~55 min): the packaged T1w refiner ("init") fine-tuned on T2w/FLAIR cases of this fill
+usb-train --config benchmarks/train_refiner_t2.json --fill-weights "$out"  # -> /work/runs/refiner_t2/refine.pt
+python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" \
+    --contrast-refiner t2w=/work/runs/refiner_t2/refine.pt --contrast-refiner flair=/work/runs/refiner_t2/refine.pt
 echo "weights in $out; evaluate with: python benchmarks/validation.py --weights $out && python benchmarks/run_benchmark.py --weights $out --steps 1 --threads 2"

@@ -165,6 +165,7 @@ def _t1_only(tmp_path):
     man = read_manifest(src)
     man["models"] = {k: v for k, v in man["models"].items() if k in ("fill", "generate")}
     man.pop("contrast_settings", None)
+    man.pop("contrast_refiners", None)
     for entry in list(man["models"].values()) + [man["refiner"]]:
         (dst / entry["file"]).symlink_to(src / entry["file"])
     (dst / "usb.json").write_text(json.dumps(man))
@@ -189,7 +190,11 @@ def test_packaged_weights_fill_every_contrast():
     for contrast in ("t1w", "t2w", "flair"):
         s = fill_settings_of(None, contrast=contrast)
         assert s.patch_weight + s.nlm_weight <= 1
-    assert {"fill", "fill_t2w", "fill_flair"} <= set(read_manifest(packaged_weights_dir())["models"])
+    man = read_manifest(packaged_weights_dir())
+    assert {"fill", "fill_t2w", "fill_flair"} <= set(man["models"])
+    for contrast in ("t2w", "flair"):  # their own refiner (trained on T2w/FLAIR cases), the T1w fill its own
+        _, info = load_model(None, f"fill_{contrast}")
+        assert info["refiner_sha256"] == man["contrast_refiners"][contrast]["sha256"] != man["refiner"]["sha256"]
 
 
 def test_a_contrast_may_have_its_own_refiner(contrast_weights, tmp_path):
