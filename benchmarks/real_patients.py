@@ -49,7 +49,7 @@ SCANS = {
 GUIDES = {"ms07_FLAIR": "ms07_T1w"}  # scan -> the scan of the same session whose usb fill guides it (same mask)
 WM_CLASS = {"t1w": 2, "t2w": 0, "flair": 1}  # index of white matter among the three sorted intensity classes
 METHODS = ("niftyseg", "laplace", "patch", "usb_t1w", "usb", "usb_guided")
-LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)", "usb_t1w": "usb_prep (T1w model)",
+LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)", "usb_t1w": "usb_prep (T1w pipeline)",
           "usb": "usb_prep", "usb_guided": "usb_prep (T1w guide)"}
 
 
@@ -178,7 +178,8 @@ def main(argv=None):
     (out / "real_patients.json").write_text(json.dumps(results, indent=2))
     lines = ["# Real patients: the fill against the normal-appearing white matter around it", "",
              f"Command: `python benchmarks/real_patients.py --cap {a.cap:g}"
-             + (f" --weights {a.weights}" if a.weights else "") + f"` ({a.threads} CPU threads each). "
+             + (f" --weights {a.weights}" if a.weights else "")
+             + (f" --trained {' '.join(a.trained)}" if a.trained else "") + f"` ({a.threads} CPU threads each). "
              "No ground truth: the filled region's mean as a ratio of (and z-score against) the NAWM ring's, the "
              "share of filled voxels outside the ring's 1st-99th percentiles, and the share a local three-class "
              "segmentation labels white matter (see the script's docstring). Unfilled: the lesion as it is.", "",
