@@ -52,7 +52,8 @@ class _ModelInputSpec(BaseInterfaceInputSpec):
 def _setting_traits() -> dict:
     """One optional trait per :class:`usb_prep.fill.FillSettings` field (unset = the weights' default)."""
     kinds = {bool: traits.Bool, float: traits.Float, int: traits.Int}
-    return {name: kinds[kind](desc=text + " (default: the weights')") for name, kind, text, _, _ in FillSettings.options()}
+    return {name: kinds[kind](desc=text + " (default: the weights')")
+            for name, kind, text, _, _ in FillSettings.options()}
 
 
 class _LesionFillBaseSpec(_ModelInputSpec):
@@ -61,8 +62,9 @@ class _LesionFillBaseSpec(_ModelInputSpec):
     contrast = traits.Enum("auto", "t1w", "t2w", "flair", usedefault=True,
                            desc="in_file's contrast; auto: from its BIDS suffix or JSON sidecar (an error when neither "
                                 "tells)")
-    guide_file = File(exists=True, desc="another contrast of the subject, its lesion already filled (e.g. the filled T1w "
-                                        "for a FLAIR), aligned with in_file: the patch fills match it too (usb only)")
+    guide_file = File(exists=True, desc="another contrast of the subject, its lesion already filled (e.g. the filled "
+                                        "T1w for a FLAIR), aligned with in_file: the patch fills match it too (usb "
+                                        "only)")
     method = traits.Enum(*METHODS, usedefault=True, desc="usb (diffusion) or a patch/statistics filler without a model")
     mask_kind = traits.Enum("lesion", "artifact", usedefault=True, desc="what the mask marks")
     resample_mask = traits.Bool(False, usedefault=True, desc="resample a mask on another grid to the image")

@@ -89,7 +89,8 @@ class ReinstateLesion(SimpleInterface):
                 res.label_image, _out_name(self.inputs.in_file, self.inputs.out_suffix, runtime.cwd))
             from usb_prep.io import strip_suffix
 
-            stats = os.path.join(runtime.cwd, strip_suffix(os.path.basename(self.inputs.in_file)).name + ".lesion.stats")
+            stem = strip_suffix(os.path.basename(self.inputs.in_file)).name
+            stats = os.path.join(runtime.cwd, stem + ".lesion.stats")
             with open(stats, "w") as f:
                 f.write(core.lesion_stats(self.inputs.in_file, res.label_image,
                                           source=os.path.basename(self.inputs.in_file)))

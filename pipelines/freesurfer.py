@@ -101,7 +101,8 @@ def init_fill_freesurfer_wf(
                     name="recon_all", n_procs=omp_nthreads)
     if subjects_dir is not None:
         recon.inputs.subjects_dir = str(subjects_dir)
-    write_stats = pe.Node(niu.Function(function=_write_subject_stats, input_names=["stats", "subjects_dir", "subject_id"],
+    write_stats = pe.Node(niu.Function(function=_write_subject_stats,
+                                       input_names=["stats", "subjects_dir", "subject_id"],
                                        output_names=["out_file"]), name="write_aseg_lesion_stats")
     pick = pe.Node(niu.Function(function=_pick_aparc_aseg, input_names=["in_files"],
                                 output_names=["out_file"]), name="pick_aparc_aseg")

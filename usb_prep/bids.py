@@ -178,7 +178,8 @@ def t1w_guides(entries: Iterable[AnatInput]) -> dict[str, str]:
     for e in entries:
         if e.suffix == "T1w" or e.mask is None:
             continue
-        t1 = [t for t in entries if t.suffix == "T1w" and (t.subject, t.session, t.mask) == (e.subject, e.session, e.mask)]
+        same = (e.subject, e.session, e.mask)
+        t1 = [t for t in entries if t.suffix == "T1w" and (t.subject, t.session, t.mask) == same]
         if len(t1) == 1:
             out[e.key] = t1[0].key
     return out

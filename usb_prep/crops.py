@@ -77,7 +77,8 @@ def pad_to(arr: np.ndarray, divisor: int, min_size: int = 0) -> np.ndarray:
 
 def zoom_to(arr: np.ndarray, shape, order: int) -> np.ndarray:
     """``arr`` resampled to ``shape`` (grid mode: voxel areas line up), zero outside."""
-    out = ndimage.zoom(arr, [s / a for s, a in zip(shape, arr.shape)], order=order, grid_mode=True, mode="grid-constant")
+    factors = [s / a for s, a in zip(shape, arr.shape)]
+    out = ndimage.zoom(arr, factors, order=order, grid_mode=True, mode="grid-constant")
     return extract(out, Box((0, 0, 0), tuple(shape)))
 
 

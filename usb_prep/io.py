@@ -275,7 +275,8 @@ def like_input(values: np.ndarray, ref, where: np.ndarray | None = None):
     Only voxels in ``where`` take ``values``; all others keep ``ref``'s stored
     (unscaled) values bit for bit, scaling slope/intercept included.
     """
-    raw = np.asanyarray(ref.dataobj.get_unscaled()) if hasattr(ref.dataobj, "get_unscaled") else np.asanyarray(ref.dataobj)
+    unscaled = getattr(ref.dataobj, "get_unscaled", None)
+    raw = np.asanyarray(unscaled() if unscaled is not None else ref.dataobj)
     out = np.array(raw, copy=True)
     shape3 = out.shape[:3]
     out3 = out.reshape(shape3)

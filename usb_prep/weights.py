@@ -166,7 +166,8 @@ def _checked_state(folder: Path, entry: dict, what: str):
         raise WeightsError(f"{what} missing: {path}")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
-        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} (corrupt or replaced file)")
+        raise WeightsError(f"checksum mismatch for {path}: expected {entry['sha256']}, got {digest} "
+                           "(corrupt or replaced file)")
     try:
         return path, digest, load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -196,7 +197,8 @@ def _no_role(folder: Path, man: dict, role: str) -> WeightsError:
 def load_model(weights: str | os.PathLike | None = None, role: str = "fill", device: str | torch.device = "cpu"):
     """Load the model for ``role`` from the resolved folder; checks its sha256.
 
-    Returns ``(model, info)`` with ``info = {"weights", "file", "sha256", "role", "preset"}`` (``weights``: "packaged default" or the folder given).
+    Returns ``(model, info)`` with ``info = {"weights", "file", "sha256", "role", "preset"}`` (``weights``:
+    "packaged default" or the folder given).
     """
     from .diffusion.model import USBModel
 

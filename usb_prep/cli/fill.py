@@ -16,11 +16,14 @@ EXIT_FAIL = 1
 _device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                        help="Where to run; auto uses CUDA when present.")
 _weights = click.option("--weights", type=click.Path(), default=None,
-                        help="Weights folder (usb.json + .safetensors). Default: $USB_PREP_WEIGHTS, then the packaged model.")
+                        help="Weights folder (usb.json + .safetensors). Default: $USB_PREP_WEIGHTS, then the packaged "
+                             "model.")
 _seed = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
                      help="Random seed (same seed, same output).")
-_steps = click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps (default: the model's).")
-_threads = click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's).")
+_steps = click.option("--steps", type=click.IntRange(1, 1000), default=None,
+                      help="Sampling steps (default: the model's).")
+_threads = click.option("--threads", type=click.IntRange(1), default=None,
+                        help="CPU threads for torch (default: torch's).")
 _overwrite = click.option("--overwrite", is_flag=True, help="Replace existing outputs (image and sidecar).")
 _overwrite_input = click.option("--overwrite-input", is_flag=True,
                                 help="Allow an output to replace an input or its sidecar (refused otherwise).")
@@ -98,7 +101,8 @@ def _setting_options(fn):
 @_device
 @_weights
 @_threads
-@click.option("--resample-mask", is_flag=True, help="Resample a mask on another grid onto the image (linear, threshold 0.5).")
+@click.option("--resample-mask", is_flag=True,
+              help="Resample a mask on another grid onto the image (linear, threshold 0.5).")
 @click.option("--mask-kind", type=click.Choice(["lesion", "artifact"]), default="lesion", show_default=True,
               help="What the mask marks; recorded in the sidecar (filling is the same).")
 @_overwrite
@@ -107,8 +111,8 @@ def _setting_options(fn):
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
-def main(image, mask, output, method, contrast, guide, seed, device, weights, threads, resample_mask, mask_kind, overwrite,
-         overwrite_input, quiet, demo_dir, verbose, **settings):
+def main(image, mask, output, method, contrast, guide, seed, device, weights, threads, resample_mask, mask_kind,
+         overwrite, overwrite_input, quiet, demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -171,7 +175,8 @@ def embed(image, mask, output, steps, t_start, seed, device, weights, threads, r
 
 @click.command("usb-generate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-o", "--output-dir", type=click.Path(), required=True, help="Folder for brain.nii.gz and lesion.nii.gz.")
-@click.option("--mask", type=click.Path(), default=None, help="Generate the brain for this lesion mask instead of a pair.")
+@click.option("--mask", type=click.Path(), default=None,
+              help="Generate the brain for this lesion mask instead of a pair.")
 @_steps
 @_seed
 @_device

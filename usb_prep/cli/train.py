@@ -19,7 +19,8 @@ import click
 @click.option("--config", "config_file", type=click.Path(exists=True), default=None,
               help="JSON file of TrainConfig fields; command-line options override it.")
 @click.option("--preset", default=None, help="Model preset: cpu (filling), cpu-gen (generation), paper, tiny.")
-@click.option("--brains", type=click.Path(), default=None, help="Prepared brains (NAME_T1w.nii.gz + NAME_brainmask.nii.gz).")
+@click.option("--brains", type=click.Path(), default=None,
+              help="Prepared brains (NAME_T1w.nii.gz + NAME_brainmask.nii.gz).")
 @click.option("--masks", type=click.Path(), default=None, help="Lesion mask root (soop/, ms/, neglect/).")
 @click.option("--out", type=click.Path(), default=None, help="Run folder: checkpoint, log.jsonl, weights/.")
 @click.option("--iterations", type=int, default=None)

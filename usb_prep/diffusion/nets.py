@@ -59,7 +59,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *sp = x.shape
         h = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # (b, n, c)
-        q, k, v = (f(h).reshape(b, -1, self.heads, c // self.heads).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (f(h).reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
+                   for f in (self.to_q, self.to_k, self.to_v))
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         out = out.transpose(1, 2).reshape(b, -1, c).transpose(1, 2).reshape(b, c, *sp)
         return x + out
@@ -88,7 +89,8 @@ class DownBlock(nn.Module):
         super().__init__()
         g, e = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, emb_dim, g, e) for i in range(n_res))
-        self.attentions = nn.ModuleList(AttentionBlock(cout, cfg.num_head_channels, g, e) for _ in range(n_res)) if attn else None
+        self.attentions = (nn.ModuleList(AttentionBlock(cout, cfg.num_head_channels, g, e) for _ in range(n_res))
+                           if attn else None)
         self.downsampler = Downsample(cout) if down else None
 
     def forward(self, h, emb, skips):
@@ -110,7 +112,8 @@ class UpBlock(nn.Module):
         self.resnets = nn.ModuleList(
             ResnetBlock((cin if i == 0 else cout) + s, cout, emb_dim, g, e) for i, s in enumerate(skip_chs)
         )
-        self.attentions = nn.ModuleList(AttentionBlock(cout, cfg.num_head_channels, g, e) for _ in skip_chs) if attn else None
+        self.attentions = (nn.ModuleList(AttentionBlock(cout, cfg.num_head_channels, g, e) for _ in skip_chs)
+                           if attn else None)
         self.upsampler = Upsample(cout) if up else None
 
     def forward(self, h, emb, skips):
@@ -154,7 +157,8 @@ class UNet3D(nn.Module):
         cin = ch[0]
         for i in range(n):
             last = i == n - 1
-            self.down_blocks.append(DownBlock(cin, ch[i], cfg.num_res_blocks, cfg.attention_levels[i], emb_dim, cfg, not last))
+            self.down_blocks.append(DownBlock(cin, ch[i], cfg.num_res_blocks, cfg.attention_levels[i], emb_dim, cfg,
+                                              not last))
             skip_chs += [ch[i]] * cfg.num_res_blocks + ([] if last else [ch[i]])
             cin = ch[i]
         self.middle_block = MiddleBlock(ch[-1], cfg.attention_levels[-1], emb_dim, cfg)
@@ -165,7 +169,8 @@ class UNet3D(nn.Module):
             self.up_blocks.append(UpBlock(cin, ch[i], skips, cfg.attention_levels[i], emb_dim, cfg, i > 0))
             cin = ch[i]
         self.out = nn.Sequential(
-            nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps), nn.SiLU(), nn.Conv3d(ch[0], cfg.out_channels, 3, padding=1)
+            nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps), nn.SiLU(),
+            nn.Conv3d(ch[0], cfg.out_channels, 3, padding=1)
         )
 
     @property
@@ -178,7 +183,8 @@ class UNet3D(nn.Module):
         else:
             x_in = x
         if x_in.shape[1] != self.conv_in.in_channels:
-            raise ValueError(f"expected {self.conv_in.in_channels} input channels (noisy + condition), got {x_in.shape[1]}")
+            raise ValueError(f"expected {self.conv_in.in_channels} input channels (noisy + condition), "
+                             f"got {x_in.shape[1]}")
         if any(s % self.divisor for s in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {self.divisor}")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])

@@ -76,7 +76,8 @@ def generate_pair(model, shape, *, steps, generator=None, device="cpu") -> tuple
 
 # --- (b) conditional generation from a mask --------------------------------------
 @torch.no_grad()
-def generate_from_mask_progressive(model: USBModel, lesion_code: torch.Tensor, *, steps: int, generator=None) -> Iterator[Step]:
+def generate_from_mask_progressive(model: USBModel, lesion_code: torch.Tensor, *, steps: int,
+                                   generator=None) -> Iterator[Step]:
     """Only the brain chain, conditioned on the given (encoded) mask."""
     sch = model.schedule
     y = randn((1, model.cfg.brain_net.in_channels, *lesion_code.shape[2:]), generator, like=lesion_code)
@@ -209,7 +210,8 @@ def fill(model, y0, mask01, **kw) -> torch.Tensor:
 
 
 @torch.no_grad()
-def detect_lesion_progressive(model: USBModel, y0: torch.Tensor, *, steps: int, t_start: int, generator=None) -> Iterator[Step]:
+def detect_lesion_progressive(model: USBModel, y0: torch.Tensor, *, steps: int, t_start: int,
+                              generator=None) -> Iterator[Step]:
     """Lesion chain run against the (noised) image: USB_lesion's estimate of the image's own mask.
 
     Used for mask-free healing with the CPU model: detect, then fill.

@@ -69,7 +69,8 @@ class FillSettings:
                     raise ValueError(f"fill setting {f.name} must be true or false, got {v!r}")
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-                raise ValueError(f"fill setting {f.name} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"fill setting {f.name} must be {what}, got {v!r}")
             object.__setattr__(self, f.name, kind(v))
             lo, hi = f.metadata["min"], f.metadata["max"]
             if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -87,7 +88,8 @@ class FillSettings:
 
     @classmethod
     def options(cls):
-        """``(name, kind, help, min, max)`` per field: what each front end (CLI, BIDS app, Nipype) makes its option of."""
+        """``(name, kind, help, min, max)`` per field: what each front end (CLI, BIDS app, Nipype) makes its option
+        of."""
         for f in dataclasses.fields(cls):
             yield f.name, _kind(f), f.metadata["help"], f.metadata["min"], f.metadata["max"]
 

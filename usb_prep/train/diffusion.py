@@ -146,7 +146,8 @@ class PatchSampler:
         self.native = {c: [b for b in brains if b.get("contrast") == c] for c in self.contrasts if c != "t1w"}
         for c, bs in self.native.items():
             if bs:
-                log.info("real %s scans (%.0f%% of its samples): %s", c, 100 * cfg.p_native, ", ".join(b["name"] for b in bs))
+                log.info("real %s scans (%.0f%% of its samples): %s", c, 100 * cfg.p_native,
+                         ", ".join(b["name"] for b in bs))
         rng = np.random.default_rng(cfg.seed)
         for b in brains:  # midline of each brain along voxel axis 0 (prepared brains are RAS)
             b["centre"] = midline(b["image"], 0)
@@ -496,7 +497,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, model_cfg: ModelConfig | N
         from ..weights import load_model
 
         init, info = load_model(cfg.init_weights, "generate" if mcfg.grid is not None else "fill")
-        init.refiner = None  # the refiner belongs to the weights' fill, not to the run (usb-train --stage refiner trains it)
+        init.refiner = None  # the refiner belongs to the weights' fill, not to the run (--stage refiner trains it)
         model.load_state_dict(init.state_dict())
         ema.load_state_dict(init.state_dict())
         log.info("initialised from %s (sha256 %s)", info["file"], info["sha256"])
