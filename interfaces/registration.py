@@ -38,13 +38,16 @@ class _AntsPyRegistrationOutputSpec(TraitedSpec):
 
 
 class AntsPyRegistration(SimpleInterface):
-    """Register with antspyx ``ants.registration`` (lesion excluded from the metric)."""
+    """Register with antspyx ``ants.registration`` (lesion excluded from the metric; fixed random seed, so a rerun
+    gives the same transform)."""
 
     input_spec = _AntsPyRegistrationInputSpec
     output_spec = _AntsPyRegistrationOutputSpec
 
     def _run_interface(self, runtime):
         import ants
+
+        from usb_prep.data.prep import seeded_registration
 
         kw = {}
         if isdefined(self.inputs.moving_mask):
@@ -53,7 +56,8 @@ class AntsPyRegistration(SimpleInterface):
             kw["mask"] = ants.image_read(self.inputs.fixed_mask)
         if kw:
             kw["mask_all_stages"] = True
-        reg = ants.registration(
+        reg = seeded_registration(  # repeatable: the same inputs give the same transform
+            ants,
             fixed=ants.image_read(self.inputs.fixed_image),
             moving=ants.image_read(self.inputs.moving_image),
             type_of_transform=self.inputs.transform_type,
