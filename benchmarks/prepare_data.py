@@ -47,13 +47,12 @@ PATIENTS = [
 ]
 
 
-def array_sha(out_dir: Path, entry) -> str:
-    """The first 16 hex digits of the sha256 of the prepared image's float32 array: the same on two machines
+def array_sha(path: Path) -> str:
+    """The first 16 hex digits of the sha256 of a prepared image's float32 array: the same on two machines
     means their validation numbers compare (see results/training_log.md)."""
     import hashlib
 
-    contrast = entry[4] if len(entry) > 4 else "T1w"
-    data = nib.load(str(out_dir / f"{entry[0]}_{contrast}.nii.gz")).get_fdata(dtype=np.float32)
+    data = nib.load(str(path)).get_fdata(dtype=np.float32)
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()[:16]
 
 
@@ -122,8 +121,8 @@ def main() -> None:
         entries = [e for e in entries if e[0] in args.only]
     for entry in entries:
         t = time.time()
-        prepare_cohort([entry], args.out, n4=not args.no_n4)
-        logging.info("%s done in %.0f s (image sha256 %s)", entry[0], time.time() - t, array_sha(args.out, entry))
+        [image] = prepare_cohort([entry], args.out, n4=not args.no_n4)
+        logging.info("%s done in %.0f s (image sha256 %s)", entry[0], time.time() - t, array_sha(image))
     names = [e[0] for e in entries]
     if not args.only or "mni152" in args.only:
         write_mni152(args.out)

@@ -81,18 +81,16 @@ def region_scores(filled, mask, centres, wm, ring) -> dict:
             "outside": float(((vals < lo) | (vals > hi)).mean()), "wm": float((classify(vals, centres) == wm).mean())}
 
 
-def fill_all(path: Path, mask_path: Path, img, mimg, cap: float, threads: int, contrast: str = "t1w", weights=None,
-             guide=None) -> dict:
-    """Every filler's output (or None) and wall seconds; ``img`` / ``mimg``: the two files, loaded; ``guide`` (a
-    filled image of the same head) adds the guided usb fill."""
+def fill_all(path: Path, mask_path: Path, img, mimg, data, mask, cap: float, threads: int, contrast: str = "t1w",
+             weights=None, guide=None) -> dict:
+    """Every filler's output (or None) and wall seconds; ``img`` / ``mimg``: the two files, loaded, ``data`` /
+    ``mask`` their arrays; ``guide`` (a filled image of the same head) adds the guided usb fill."""
     import torch
 
     from usb_prep import api
     from usb_prep.classical import fill_image
 
     torch.set_num_threads(threads)
-    data = np.asarray(img.dataobj, np.float32)
-    mask = np.asarray(mimg.dataobj) > 0.5
     out = {}
     t0 = time.perf_counter()
     res = api.fill_lesion(str(path), str(mask_path), seed=0, device="cpu", num_threads=threads, contrast=contrast,
@@ -163,7 +161,7 @@ def main(argv=None):
         data = np.asarray(img.dataobj, np.float32)
         mask = np.asarray(mimg.dataobj) > 0.5
         guide = usb_fills.get(GUIDES.get(name))
-        fills = fill_all(path, mask_path, img, mimg, a.cap, a.threads, contrast, a.weights, guide)
+        fills = fill_all(path, mask_path, img, mimg, data, mask, a.cap, a.threads, contrast, a.weights, guide)
         usb_fills[name] = nib.Nifti1Image(fills["usb"][0], img.affine)
         centres, wm, ring = neighbourhood(data, mask, contrast)
         row = {"contrast": contrast, "mask_ml": float(mask.sum() * np.prod(img.header.get_zooms()[:3]) / 1000),

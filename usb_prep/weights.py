@@ -352,8 +352,14 @@ def bundle(out: str | os.PathLike, *, fill: str | os.PathLike, generate: str | o
     orphans = sorted(set(contrast_refiners or {}) - {c for c in ("t2w", "flair") if fill_role(c) in others})
     if orphans:
         raise ValueError(f"refiners given for {orphans}, which these weights do not fill (add them with contrasts=)")
-    by_source: dict[str, object] = {}  # one refiner serving several contrasts stays one file
-    nets = {c: by_source.setdefault(e["file"], load_refiner(folder, e)) for c, e in kept.items()}
-    nets.update({c: by_source.setdefault(f"state:{spec}", load_refiner_state(spec))
+    by_source: dict[str, object] = {}  # one refiner serving several contrasts: loaded once, saved as one file
+
+    def once(key, load):
+        if key not in by_source:
+            by_source[key] = load()
+        return by_source[key]
+
+    nets = {c: once(e["file"], lambda e=e: load_refiner(folder, e)) for c, e in kept.items()}
+    nets.update({c: once(f"state:{spec}", lambda spec=spec: load_refiner_state(spec))
                  for c, spec in (contrast_refiners or {}).items()})
     return save_model(out, {"fill": f, **others, "generate": g}, extra=extra, contrast_refiners=nets)
