@@ -34,6 +34,9 @@ CATEGORIES = {  # name: (cohorts, min ml, max ml)
     "stroke_large": (("soop", "neglect"), 40.0, 150.0),
     "ms": (("ms",), 0.5, 1e9),
 }
+# validation only (the benchmark's cases stay those of CATEGORIES): strokes larger than any benchmark case, as
+# large as a tumour's inpainting region (the BraTS case's is 298 ml)
+EXTRA_CATEGORIES = {"stroke_xl": (("soop", "neglect"), 150.0, 500.0)}
 FAMILIES = ("train", "rim")  # lesion painting: the training synthesis; a CSF-like core whose rim leaves the mask
 
 
@@ -111,22 +114,22 @@ def mask_on(path: Path, b: Brain) -> np.ndarray:
     return m & b.brain & ~b.avoid
 
 
-def choose_masks(data_dir: Path, b: Brain, per_cat: int, skip: int = 0) -> dict:
-    """Held-out masks per category (sorted by name) whose volume on ``b`` fits; the first ``skip`` fitting ones
-    of each category are passed over (the validation set takes masks after the benchmark's)."""
+def choose_masks(data_dir: Path, b: Brain, per_cat: int, skip: int = 0, categories: dict = CATEGORIES) -> dict:
+    """Held-out masks per category of ``categories`` (sorted by name) whose volume on ``b`` fits; the first
+    ``skip`` fitting ones of each category are passed over (the validation set takes masks after the benchmark's)."""
     from usb_prep.data.splits import list_masks
 
     vox_ml = abs(np.linalg.det(b.affine[:3, :3])) / 1000
-    chosen = {c: [] for c in CATEGORIES}
-    seen = {c: 0 for c in CATEGORIES}
+    chosen = {c: [] for c in categories}
+    seen = {c: 0 for c in categories}
     for path in list_masks(data_dir / "lesion_masks", split="heldout"):
-        cats = [c for c, (coh, _, _) in CATEGORIES.items() if path.parent.name in coh and len(chosen[c]) < per_cat]
+        cats = [c for c, (coh, _, _) in categories.items() if path.parent.name in coh and len(chosen[c]) < per_cat]
         if not cats:
             continue
         m = mask_on(path, b)
         v = m.sum() * vox_ml
         for c in cats:
-            if CATEGORIES[c][1] <= v <= CATEGORIES[c][2]:
+            if categories[c][1] <= v <= categories[c][2]:
                 seen[c] += 1
                 if seen[c] > skip:
                     chosen[c].append((path.name.split(".nii")[0], m))
@@ -157,10 +160,11 @@ def paint(family: str, image, brain, mask, rng) -> np.ndarray:
     return np.maximum(out, 0).astype(np.float32)
 
 
-def make_cases(brains, data_dir: Path, per_cat: int, families=FAMILIES, seed0: int = 0, skip: int = 0, log=print):
+def make_cases(brains, data_dir: Path, per_cat: int, families=FAMILIES, seed0: int = 0, skip: int = 0, log=print,
+               categories: dict = CATEGORIES):
     out = []
     for b in brains:
-        chosen = choose_masks(data_dir, b, per_cat, skip)
+        chosen = choose_masks(data_dir, b, per_cat, skip, categories)
         for fam in families:
             for i, (cat, name, m) in enumerate((c, n, m) for c, v in chosen.items() for n, m in v):
                 img = paint(fam, b.image, b.brain, m, np.random.default_rng(seed0 + i))

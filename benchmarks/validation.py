@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cases import FAMILIES, load_brain, make_cases, scores
+from cases import CATEGORIES, EXTRA_CATEGORIES, FAMILIES, load_brain, make_cases, scores
 
 HERE = Path(__file__).resolve().parent
 
 
 def cases(args):
     b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    return make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2)
+    cats = {**CATEGORIES, **EXTRA_CATEGORIES}
+    return make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2,
+                      categories={c: cats[c] for c in args.categories or CATEGORIES})
 
 
 def main(argv=None):
@@ -45,6 +47,8 @@ def main(argv=None):
     p.add_argument("--families", nargs="+", default=["train"], choices=FAMILIES, help="lesion painting families")
     p.add_argument("--no-patch", action="store_true", help="skip the patch filler's rows")
     p.add_argument("--per-category", type=int, default=2, help="masks per category (after the benchmark's)")
+    p.add_argument("--categories", nargs="+", choices=[*CATEGORIES, *EXTRA_CATEGORIES],
+                   help="mask categories (default: the benchmark's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -151,6 +151,14 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     model = load_model(weights, "fill", "cpu")[0]
     names = [make_case(i, cohort, bank, model, 20, ms_bank, 2)["mask_name"] for i in (0, 1, 3)]
     assert [str(v).startswith("ms_") for v in names] == [False, True, True]  # every 2nd case: an MS mask
+    from usb_prep.train.refiner import large_bank
+
+    cut = float(np.median([e["ml"] for e in bank]))
+    assert large_bank(bank, cut) and all(e["ml"] >= cut for e in large_bank(bank, cut))
+    one = [bank[0]]  # a pool of one mask: every large case draws it
+    drawn = [make_case(i, cohort, bank, model, 1, ms_bank, 2, big_bank=one, large_every=3)["mask_name"]
+             for i in (0, 6, 12)]  # i % 3 == 0 and not an MS case (i % 2 == 1)
+    assert drawn == [bank[0]["name"]] * 3
     x, base, t, mk = load_cases(files[:1])[0]
     assert x.shape[0] == 5 and min(x.shape[1:]) >= 32 and base.shape == t.shape == mk.shape == x.shape[1:]
     path = train_refiner(cfg, progress=False)

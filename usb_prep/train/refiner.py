@@ -55,6 +55,9 @@ class RefinerConfig:
     min_voxels: int = 300  # placed masks smaller than this (inside the brain) are skipped
     ms_every: int = 5  # every ms_every-th case (i % ms_every == ms_every - 1) draws an MS mask (0: never);
     # the bank is ~97% stroke, users' and the benchmark's lesions are not
+    large_every: int = 0  # every large_every-th case (i % large_every == 0, unless it is an MS case) draws a mask of
+    # at least large_ml (0: never): the bank holds few masks that large, users' tumours and big strokes are
+    large_ml: float = 120.0
     max_masks: int | None = None  # use only this many masks (tests)
     contrast: str = "T1w"  # T1w, T2w, FLAIR or several (one drawn per case): other than T1w, the brain is mapped
     # to that contrast (real scans of it used as they are for p_native of its cases), the lesion painted bright and
@@ -91,7 +94,7 @@ def fill_parts(model, image, mask, affine):
 
 
 def _banks(cfg: RefinerConfig, ref):
-    """The training masks (all cohorts) and those of the ``ms`` cohort."""
+    """The training masks (all cohorts) and those of the ``ms`` cohort; :func:`large_bank` picks the large ones."""
     from ..data.splits import list_masks
     from ..data.synthesis import load_mask_bank
 
@@ -104,10 +107,16 @@ def _banks(cfg: RefinerConfig, ref):
     return bank, (load_mask_bank(ms, grid, min_ml=cfg.min_ml, max_ml=cfg.max_ml) if ms else [])
 
 
+def large_bank(bank, min_ml: float) -> list[dict]:
+    """The masks of ``bank`` of at least ``min_ml``."""
+    return [e for e in bank if e["ml"] >= min_ml]
+
+
 def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms_every: int = 0,
-              contrasts=("t1w",), p_native: float = 0.3) -> dict | None:
+              contrasts=("t1w",), p_native: float = 0.3, big_bank=(), large_every: int = 0) -> dict | None:
     """Case ``i`` (its arrays cropped to the lesions' box with CONTEXT), or None when its mask is too small.
-    Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty).
+    Its mask comes from ``ms_bank`` when ``i % ms_every == ms_every - 1`` (and ``ms_bank`` is not empty), else
+    from ``big_bank`` when ``i % large_every == 0`` (and ``big_bank`` is not empty).
     ``model``: the fill model, or ``{contrast: model}`` with ``contrasts`` (one drawn per case; T1w brains mapped
     to it, real scans of it, as :func:`usb_prep.train.diffusion.load_brains` reads them, for ``p_native`` of its
     cases). The case records its contrast and the blend weights (patch, nlm) of its model's settings. A patient
@@ -130,7 +139,11 @@ def make_case(i: int, brains, bank, model, min_voxels: int = 300, ms_bank=(), ms
         vals = truth[brain & (truth > 0)]
         truth = random_map(c, rng, rng.choice(vals, min(20000, vals.size), replace=False))(truth)
     model = model[c] if isinstance(model, dict) else model
-    pool = ms_bank if ms_every and i % ms_every == ms_every - 1 and len(ms_bank) else bank
+    pool = bank
+    if ms_every and i % ms_every == ms_every - 1 and len(ms_bank):
+        pool = ms_bank
+    elif large_every and i % large_every == 0 and len(big_bank):
+        pool = big_bank
     mm, box, e = place_bank_mask(pool, rng)  # as the fill model's training places them
     m = np.zeros(truth.shape, bool)
     crops.paste(m, box, mm, np.ones(truth.shape, bool))
@@ -162,6 +175,9 @@ def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float
     contrasts = parse_contrasts(cfg.contrast)
     brains = load_brains(cfg.brains, exclude=tuple(cfg.exclude_brains), contrasts=contrasts)
     bank, ms_bank = _banks(cfg, brains[0])
+    big = large_bank(bank, cfg.large_ml) if cfg.large_every else []
+    if cfg.large_every and not big:
+        raise ValueError(f"large_every: no training mask of {cfg.large_ml} ml or more within max_ml {cfg.max_ml}")
     models = {c: load_model(cfg.fill_weights, fill_role(c), "cpu")[0] for c in contrasts}
     t_end = time.time() + 60 * (cfg.gen_minutes if minutes is None else minutes)
     k, n = shard
@@ -173,7 +189,8 @@ def generate(cfg: RefinerConfig, shard: tuple[int, int] = (0, 1), minutes: float
         if f.exists():
             continue
         t0 = time.time()
-        case = make_case(i, brains, bank, models, cfg.min_voxels, ms_bank, cfg.ms_every, contrasts, cfg.p_native)
+        case = make_case(i, brains, bank, models, cfg.min_voxels, ms_bank, cfg.ms_every, contrasts, cfg.p_native,
+                         big, cfg.large_every)
         if case is None:
             continue
         tmp = f.with_name(f.stem + ".tmp.npz")
