@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="CPU threads for usb_prep and NiftySeg")
     p.add_argument("--weights", default=None)
     p.add_argument("--no-brats", action="store_true")
+    p.add_argument("--brats-only", action="store_true",
+                   help="only the BraTS case (to --out/brats.json and brats.md; results.json is left as it is)")
     p.add_argument("--no-downstream", action="store_true",
                    help="skip the registration / segmentation effect (downstream.py; ~25 min on 2 cores)")
     p.add_argument("--headline", action="store_true", help="only rewrite headline.md from --out/results.json")
@@ -305,6 +307,38 @@ def plots(cases, out_dir):
         plt.close(fig)
 
 
+def brats_table(br: dict) -> list[str]:
+    """The BraTS case's rows (results.md, brats.md)."""
+    if not br or "usb" not in br:
+        return []
+    lines = ["### BraTS 2023 inpainting case (brats_gli_00001), the challenge's metric code", "",
+             f"Healthy region: {br['healthy_voxels']} voxels ({br['components'] - 1} of the mask's "
+             f"{br['components']} components; the largest, the dilated tumour, is not scored). "
+             "The 2024 challenge winner: 23.26 dB / SSIM 0.841 (validation set).", "",
+             "| method | PSNR | SSIM | MAE | seconds |", "|---|---|---|---|---|"]
+    for m in ("usb", "niftyseg", "laplace"):
+        if m in br:
+            r = br[m]
+            lines.append(f"| {LABELS[m]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['mae']:.4f} | {r['seconds']:.0f} |")
+        else:
+            lines.append(f"| {LABELS[m]} | {br.get('niftyseg_status')} | | | |")
+    return lines + [""]
+
+
+def brats_alone(model, info, data: Path, out_dir: Path, args, log, t0: float, argv) -> dict:
+    """``--brats-only``: the BraTS case alone, to ``brats.json`` / ``brats.md`` (the other cases' results stay)."""
+    from usb_prep import __version__
+
+    br = brats(model, data, out_dir, args, log)
+    br.update(weights_sha256=info["sha256"], settings=model.fill_settings.to_dict(), usb_prep_version=__version__)
+    cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (out_dir / "brats.json").write_text(json.dumps(br, indent=1, default=float))
+    head = f"Command: `{cmd.strip()}`; fill weights sha256 {info['sha256'][:12]}; {args.threads} CPU threads."
+    (out_dir / "brats.md").write_text("\n".join([head, "", *brats_table(br)]) + "\n")
+    log(f"wrote {out_dir / 'brats.md'}")
+    return br
+
+
 def main(argv=None):
     import torch
 
@@ -325,6 +359,8 @@ def main(argv=None):
 
     model, info = load_model(args.weights, "fill", "cpu")
     data = Path(args.data)
+    if args.brats_only:
+        return brats_alone(model, info, data, out_dir, args, log, time.time() - t_start, argv)
     brains = [load_brain(b, data, Path(args.brains)) for b in BRAINS]
     cases = make_cases(brains, data, args.per_category, args.families, log=log)
     if args.niftyseg_only:
@@ -371,19 +407,7 @@ def main(argv=None):
     for fam in args.families:
         lines.append(f"- family `{fam}`: lead over NiftySeg {mean_lead([c for c in cases if c.family == fam])}")
     lines.append("")
-    if br and "usb" in br:
-        lines += ["### BraTS 2023 inpainting case (brats_gli_00001), the challenge's metric code", "",
-                  f"Healthy region: {br['healthy_voxels']} voxels ({br['components'] - 1} of the mask's "
-                  f"{br['components']} components; the largest, the dilated tumour, is not scored). "
-                  "The 2024 challenge winner: 23.26 dB / SSIM 0.841 (validation set).", "",
-                  "| method | PSNR | SSIM | MAE | seconds |", "|---|---|---|---|---|"]
-        for m in ("usb", "niftyseg", "laplace"):
-            if m in br:
-                r = br[m]
-                lines.append(f"| {LABELS[m]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['mae']:.4f} | {r['seconds']:.0f} |")
-            else:
-                lines.append(f"| {LABELS[m]} | {br.get('niftyseg_status')} | | | |")
-        lines.append("")
+    lines += brats_table(br)
     lines += ["Plots: `time_vs_volume.png`, `time_vs_lesions.png`. Categories: "
               + ", ".join(f"{k} {v[1]:g}-{v[2]:g} ml" for k, v in CATEGORIES.items()) + "."]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@ first one), painted by ``--families``; in-mask PSNR / SSIM of the fill and of th
 
     python benchmarks/validation.py [--weights DIR] [--set '{"margin": 1}'] -> benchmarks/results/validation.md
     python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
+    python benchmarks/validation.py --spill 3 --voided --set '{"keep_background": false}'  # masks past the brain
 
 ``--set`` changes fill settings (:class:`usb_prep.fill.FillSettings` fields); ``--sweep`` scores every blend
 on a 0.1 grid of ``patch_weight`` and ``nlm_weight`` from one run's parts (:func:`usb_prep.api.fill_parts`).
@@ -12,6 +13,7 @@ on a 0.1 grid of ``patch_weight`` and ``nlm_weight`` from one run's parts (:func
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from cases import CATEGORIES, EXTRA_CATEGORIES, FAMILIES, load_brain, make_cases, scores
 
@@ -28,8 +31,23 @@ HERE = Path(__file__).resolve().parent
 def cases(args):
     b = load_brain("otsu_head", Path(args.data), Path(args.brains))
     cats = {**CATEGORIES, **EXTRA_CATEGORIES}
-    return make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2,
+    data = make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2,
                       categories={c: cats[c] for c in args.categories or CATEGORIES})
+    return [spilled(c, args.spill, args.voided) for c in data if args.spill == 0 or spills(c, args.spill)]
+
+
+def spills(c, n: int) -> bool:
+    return bool((ndimage.binary_dilation(c.mask, iterations=n) & ~c.brain_mask).sum() >= 100)
+
+
+def spilled(c, n: int, voided: bool):
+    """``--spill n``: the case's mask grown by ``n`` voxels, past the brain where it reaches its surface (the truth
+    there is background, 0); ``--voided``: the image zeroed in the whole mask (as the BraTS inpainting task gives)."""
+    if n:
+        c = dataclasses.replace(c, mask=ndimage.binary_dilation(c.mask, iterations=n))
+    if voided:
+        c = dataclasses.replace(c, image=np.where(c.mask, 0, c.image).astype(np.float32))
+    return c
 
 
 def main(argv=None):
@@ -50,6 +68,10 @@ def main(argv=None):
     p.add_argument("--categories", nargs="+", choices=[*CATEGORIES, *EXTRA_CATEGORIES],
                    help="mask categories (default: the benchmark's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--spill", type=int, default=0,
+                   help="grow each mask by this many voxels past the brain's surface (only masks that then spill "
+                        "out by 100 voxels or more are kept)")
+    p.add_argument("--voided", action="store_true", help="zero the image in the whole mask")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, info = load_model(args.weights, "fill", "cpu")

@@ -221,6 +221,10 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
                 if parts.rim_voxels:
                     messages.append(f"{parts.rim_voxels} voxels just outside the mask look like a lesion rim the mask "
                                     "misses: filled around, not written (auto_ring)")
+                record["background_voxels"] = parts.background_voxels
+                if parts.background_voxels:
+                    messages.append(f"{parts.background_voxels} mask voxels lie outside the head (background here and "
+                                    "in the mirror): left as background (keep_background)")
         else:
             if m is None:
                 raise ValueError(f"method {method!r} needs a mask")

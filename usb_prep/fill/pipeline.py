@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..runtime import Progress
+from .background import outside_head
 from .blend import blend_stage
 from .context import FillContext
 from .model_fill import model_stage
@@ -49,6 +50,7 @@ class FillParts:
     stages: tuple[str, ...] = ()
     mask: np.ndarray | None = None  # the working mask
     rim_voxels: int = 0  # voxels auto_ring added to the working mask (missed rims)
+    background_voxels: int = 0  # mask voxels left as background (keep_background: the mask spills out of the head)
     seconds: dict = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -100,6 +102,11 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
         bar.close()
     final = next(getattr(parts, n) for n in RESULTS if getattr(parts, n) is not None)
     parts.final = final if ctx.mask is given.mask else np.where(given.mask, final, given.image)
+    if settings.keep_background and not empty:
+        outside = outside_head(given.image, given.mask, given.affine)
+        parts.background_voxels = int(outside.sum())
+        if parts.background_voxels:
+            parts.final = np.where(outside, given.image, parts.final)
     return parts
 
 

@@ -44,6 +44,9 @@ class FillSettings:
                       "only the mask's voxels are written", 0, 4)
     auto_ring: bool = _f(False, "also treat as unknown the first ring of each lesion whose ring looks like the lesion "
                                 "(a mask that misses the partial-volume rim); only the mask's voxels are written")
+    keep_background: bool = _f(True, "mask voxels that are background (0) in the image and mirror across the midline "
+                                     "onto background stay background (a mask that spills out of a skull-stripped "
+                                     "brain); off: every mask voxel is filled")
     samples: int = _f(1, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
     patch_weight: float = _f(0.0, "share of the classical patch fill in the blend", 0.0, 1.0)
     nlm_weight: float = _f(0.0, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
