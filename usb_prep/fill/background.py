@@ -7,12 +7,13 @@ symmetric: a mask voxel whose mirror across the midline is known background, mor
 voxels from the mirrored head, and which is background (<= 0) in the image itself, is background.
 A lesion that skull stripping cut away (a cortical stroke cavity set to 0) has brain in its mirror: it is filled.
 
-The tolerance was chosen on the validation masks (``benchmarks/validation.py``: otsu_head, never the benchmark's
-cases), as they are and grown by 3 voxels past the brain, painted and voided, by the rule: the best
-mean whose loss on no mask that stays inside the brain exceeds 0.2 dB. Brains are not quite symmetric: at 0 or 1
-voxel, brain voxels at the surface that are 0 (a voided mask, a lesion painted black) mirror onto background and
-were emptied (up to -1.4 and -0.6 dB on one medium stroke); at 2 the worst loss is 0.12 dB and the grown masks gain 0.2-0.4
-dB; at 3 almost nothing changes either way (`benchmarks/results/validation/background_tolerance.md`).
+The tolerance was chosen on the validation masks (``benchmarks/validation.py``: otsu_head, never the
+benchmark's cases), as they are and grown by 3 voxels past the brain, painted and voided, by the rule: the best
+mean whose loss on no mask that stays inside the brain exceeds 0.2 dB. Brains are not quite symmetric: at 0 or
+1 voxel, brain voxels at the surface that are 0 (a voided mask, a lesion painted black) mirror onto background
+and were emptied (up to -1.4 and -0.6 dB on one medium stroke); at 2 the worst loss is 0.12 dB and the grown
+masks gain 0.2-0.4 dB; at 3 almost nothing changes either way
+(``benchmarks/results/validation/background_tolerance.md``).
 """
 
 from __future__ import annotations
