@@ -330,6 +330,8 @@ def brats_alone(model, info, data: Path, out_dir: Path, args, log, t0: float, ar
     from usb_prep import __version__
 
     br = brats(model, data, out_dir, args, log)
+    if "skipped" in br:
+        raise SystemExit(f"BraTS case skipped: {br['skipped']}")
     br.update(weights_sha256=info["sha256"], settings=model.fill_settings.to_dict(), usb_prep_version=__version__)
     cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out_dir / "brats.json").write_text(json.dumps(br, indent=1, default=float))
