@@ -183,6 +183,10 @@ def test_load_refiner_state_packaged_and_file(tmp_path):
     torch.save(net.state_dict(), tmp_path / "r.pt")
     back = load_refiner_state(tmp_path / "r.pt")
     assert torch.equal(back.out.bias, net.out.bias) and not back.training
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(tmp_path / "refine.safetensors"))  # a checkpoint's bundled refiner
+    assert torch.equal(load_refiner_state(tmp_path / "refine.safetensors").out.bias, net.out.bias)
 
 
 def test_usb_train_refiner_stage_cli(tmp_path):

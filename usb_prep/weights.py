@@ -279,8 +279,9 @@ def load_refiner(folder: Path, entry: dict):
 
 
 def load_refiner_state(spec: str | os.PathLike):
-    """A refiner from ``spec``: ``"packaged"`` (the packaged weights' refiner, sha256-checked) or a state dict
-    saved by ``usb-train --stage refiner`` (``OUT/refine.pt``, default channels)."""
+    """A refiner from ``spec``: ``"packaged"`` (the packaged weights' refiner, sha256-checked), a state dict
+    saved by ``usb-train --stage refiner`` (``OUT/refine.pt``, default channels) or one in a ``.safetensors`` file
+    (a bundled ``refine.safetensors``, e.g. a campaign checkpoint's)."""
     from .fill.refiner import Refiner
 
     if str(spec) == "packaged":
@@ -290,7 +291,12 @@ def load_refiner_state(spec: str | os.PathLike):
             raise WeightsError(f"the packaged weights ({folder}) have no refiner")
         return load_refiner(folder, man["refiner"])
     net = Refiner()
-    net.load_state_dict(torch.load(spec, map_location="cpu", weights_only=True))
+    if str(spec).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(spec)))
+    else:
+        net.load_state_dict(torch.load(spec, map_location="cpu", weights_only=True))
     return net.eval()
 
 
