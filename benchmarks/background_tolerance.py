@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cases import load_brain, make_cases, scores
-from validation import spilled, spills
+from cases import scores
+from validation import spilled, validation_set
 
 HERE = Path(__file__).resolve().parent
 T = (0, 1, 2, 3, 4)
@@ -34,14 +34,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = Path(args.fills)
     out.mkdir(parents=True, exist_ok=True)
-    b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    data = make_cases([b], Path(args.data), 2, families=("train",), seed0=1000, skip=2, log=lambda *a: None)
+    data = validation_set(args.data, args.brains)
     for grow in (0, 3):
         for c in data:
-            if grow:
-                if not spills(c, grow):
-                    continue
-                c = spilled(c, grow, voided=False)
+            c = spilled(c, grow, voided=False)
+            if c is None:
+                continue
             f_path = out / f"{c.mask_name}_g{grow}.npy"
             if f_path.exists():
                 f = c.image.copy()

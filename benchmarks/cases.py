@@ -37,6 +37,7 @@ CATEGORIES = {  # name: (cohorts, min ml, max ml)
 # validation only (the benchmark's cases stay those of CATEGORIES): strokes larger than any benchmark case, as
 # large as a tumour's inpainting region (the BraTS case's is 298 ml)
 EXTRA_CATEGORIES = {"stroke_xl": (("soop", "neglect"), 150.0, 500.0)}
+ALL_CATEGORIES = {**CATEGORIES, **EXTRA_CATEGORIES}
 FAMILIES = ("train", "rim")  # lesion painting: the training synthesis; a CSF-like core whose rim leaves the mask
 
 

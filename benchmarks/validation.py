@@ -23,28 +23,33 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cases import CATEGORIES, EXTRA_CATEGORIES, FAMILIES, load_brain, make_cases, scores
+from cases import ALL_CATEGORIES, CATEGORIES, FAMILIES, load_brain, make_cases, scores
 
 HERE = Path(__file__).resolve().parent
 
 
+def validation_set(data: Path, brains: Path, per_category: int = 2, categories=None, families=("train",), log=None):
+    """The validation cases: otsu_head x the masks after the benchmark's (``skip`` 2) of each of ``categories``
+    (names of ``ALL_CATEGORIES``; default the benchmark's)."""
+    b = load_brain("otsu_head", Path(data), Path(brains))
+    return make_cases([b], Path(data), per_category, families=tuple(families), seed0=1000, skip=2,
+                      log=log or (lambda *a: None), categories={c: ALL_CATEGORIES[c] for c in categories or CATEGORIES})
+
+
 def cases(args):
-    b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    cats = {**CATEGORIES, **EXTRA_CATEGORIES}
-    data = make_cases([b], Path(args.data), args.per_category, families=tuple(args.families), seed0=1000, skip=2,
-                      categories={c: cats[c] for c in args.categories or CATEGORIES})
-    return [spilled(c, args.spill, args.voided) for c in data if args.spill == 0 or spills(c, args.spill)]
-
-
-def spills(c, n: int) -> bool:
-    return bool((ndimage.binary_dilation(c.mask, iterations=n) & ~c.brain_mask).sum() >= 100)
+    data = validation_set(args.data, args.brains, args.per_category, args.categories, args.families, log=print)
+    return [s for s in (spilled(c, args.spill, args.voided) for c in data) if s is not None]
 
 
 def spilled(c, n: int, voided: bool):
     """``--spill n``: the case's mask grown by ``n`` voxels, past the brain where it reaches its surface (the truth
-    there is background, 0); ``--voided``: the image zeroed in the whole mask (as the BraTS inpainting task gives)."""
+    there is background, 0), or None when that leaves fewer than 100 voxels past the brain; ``--voided``: the image
+    zeroed in the whole mask (as the BraTS inpainting task gives)."""
     if n:
-        c = dataclasses.replace(c, mask=ndimage.binary_dilation(c.mask, iterations=n))
+        grown = ndimage.binary_dilation(c.mask, iterations=n)
+        if (grown & ~c.brain_mask).sum() < 100:
+            return None
+        c = dataclasses.replace(c, mask=grown)
     if voided:
         c = dataclasses.replace(c, image=np.where(c.mask, 0, c.image).astype(np.float32))
     return c
@@ -65,7 +70,7 @@ def main(argv=None):
     p.add_argument("--families", nargs="+", default=["train"], choices=FAMILIES, help="lesion painting families")
     p.add_argument("--no-patch", action="store_true", help="skip the patch filler's rows")
     p.add_argument("--per-category", type=int, default=2, help="masks per category (after the benchmark's)")
-    p.add_argument("--categories", nargs="+", choices=[*CATEGORIES, *EXTRA_CATEGORIES],
+    p.add_argument("--categories", nargs="+", choices=list(ALL_CATEGORIES),
                    help="mask categories (default: the benchmark's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--spill", type=int, default=0,

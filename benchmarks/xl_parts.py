@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cases import CATEGORIES, EXTRA_CATEGORIES, load_brain, make_cases, scores
+from cases import ALL_CATEGORIES, scores
+from validation import validation_set
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("model", "patch", "nlm", "blend", "refine")
@@ -26,20 +27,17 @@ def main(argv=None):
     from usb_prep import api
     from usb_prep.weights import load_model
 
-    cats = {**CATEGORIES, **EXTRA_CATEGORIES}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     p.add_argument("--brains", default="/work/cache/brains")
     p.add_argument("--weights", default=None)
-    p.add_argument("--categories", nargs="+", default=["stroke_xl"], choices=list(cats))
+    p.add_argument("--categories", nargs="+", default=["stroke_xl"], choices=list(ALL_CATEGORIES))
     p.add_argument("--per-category", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = load_model(args.weights, "fill", "cpu")
-    b = load_brain("otsu_head", Path(args.data), Path(args.brains))
-    data = make_cases([b], Path(args.data), args.per_category, families=("train",), seed0=1000, skip=2,
-                      categories={c: cats[c] for c in args.categories}, log=lambda *a: None)
+    data = validation_set(args.data, args.brains, args.per_category, args.categories)
     for c in data:
         parts = api.fill_parts(c.image, c.mask, model=model, device="cpu", affine=c.affine, seed=0)
         depth = ndimage.distance_transform_edt(c.mask)

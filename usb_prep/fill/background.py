@@ -24,7 +24,6 @@ from scipy import ndimage
 from .. import crops
 from ..mirror import lr_axis, midline, mirror_lr
 
-PASSES = 8  # midline estimates, each without the background the last one found
 TOLERANCE = 2  # voxels from the mirrored head: see the module's docstring
 
 
