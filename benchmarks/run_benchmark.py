@@ -31,7 +31,7 @@ BRAINS = ("otsu_head", "ms07")
 METHODS = ("usb", "niftyseg", "patch", "laplace", "usb_model")
 LABELS = {"usb": "usb_prep (default)", "niftyseg": "NiftySeg seg_FillLesions (real)",
           "patch": "patch (ours, NiftySeg-like)", "laplace": "Laplace (harmonic)",
-          "usb_model": "usb_prep model stage alone"}
+          "usb_model": "usb_prep model stage alone", "usb_compare": "usb_prep, --compare weights"}
 
 
 def parse_args(argv=None):
@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--cap", type=float, default=600, help="NiftySeg's time cap per case (s): 'did not finish'")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for usb_prep and NiftySeg")
     p.add_argument("--weights", default=None)
+    p.add_argument("--compare", default=None, metavar="WEIGHTS",
+                   help="also fill every case (and BraTS) with these weights ('packaged': the shipped ones), no "
+                        "downstream: whether new --weights beat them on the same cases, in the same run")
     p.add_argument("--no-brats", action="store_true")
     p.add_argument("--brats-only", action="store_true",
                    help="only the BraTS case (to --out/brats.json and brats.md; results.json is left as it is)")
@@ -84,7 +87,7 @@ def headline(res: dict) -> str:
         lines.append(f"| BraTS inpainting case, challenge metric | {br['usb']['psnr']:.2f} ({br['usb']['ssim']:.3f}) vs "
                      f"{nif} | | Laplace: {br['laplace']['psnr']:.2f} ({br['laplace']['ssim']:.3f}) | "
                      f"{br['usb']['seconds']:.0f} | |")
-    extra = []
+    extra = compare_lines(res["cases"], br)
     if any("downstream" in r["results"].get("usb", {}) for r in res["cases"]):
         extra = ["", "Downstream (masks that cover the lesion; differences from the healthy image):", "",
                  *downstream_rows(res["cases"])]
@@ -106,6 +109,30 @@ def per_case(res: dict) -> list[str]:
     return lines
 
 
+def compare_lines(rows, br=None) -> list[str]:
+    """With ``--compare``: per case, the in-mask PSNR of these weights against the compared ones (``rows``:
+    results.json's cases)."""
+    rows = [r for r in rows if "usb_compare" in r["results"]]
+    if not rows:
+        return []
+    d = [r["results"]["usb"]["psnr"] - r["results"]["usb_compare"]["psnr"] for r in rows]
+    lines = ["", f"These weights against the `--compare` weights: {np.mean(d):+.2f} dB in-mask PSNR on average, ahead "
+             f"on {sum(x > 0 for x in d)} of {len(d)} cases (worst {min(d):+.2f} dB).", "",
+             "| case | ml | these weights dB (SSIM) | --compare weights dB (SSIM) | difference | seconds (these, "
+             "compare) |",
+             "|---|---|---|---|---|---|"]
+    for r, x in zip(rows, d):
+        u, c = r["results"]["usb"], r["results"]["usb_compare"]
+        lines.append(f"| {r['case']} | {r['ml']:.1f} | {u['psnr']:.2f} ({u['ssim']:.3f}) | {c['psnr']:.2f} "
+                     f"({c['ssim']:.3f}) | {x:+.2f} | {u['seconds']:.0f}, {c['seconds']:.0f} |")
+    if br and "usb_compare" in br:
+        lines.append(f"| BraTS (challenge metric) | | {br['usb']['psnr']:.2f} ({br['usb']['ssim']:.3f}) | "
+                     f"{br['usb_compare']['psnr']:.2f} ({br['usb_compare']['ssim']:.3f}) | "
+                     f"{br['usb']['psnr'] - br['usb_compare']['psnr']:+.2f} | {br['usb']['seconds']:.0f}, "
+                     f"{br['usb_compare']['seconds']:.0f} |")
+    return lines
+
+
 def run_usb(model, c: Case, threads):
     from usb_prep import api
 
@@ -117,9 +144,10 @@ def run_usb(model, c: Case, threads):
 DOWNSTREAM = ("unfilled", "laplace", "niftyseg", "patch", "usb")  # the downstream table's rows
 
 
-def fill_case(model, c: Case, args, thresholds, log, downstream=None):
+def fill_case(model, c: Case, args, thresholds, log, downstream=None, compare=None):
     """Fill one case by every method and score it; ``downstream``: a callable image -> effect dict, run on each
-    method's output (and the unfilled input), or None."""
+    method's output (and the unfilled input), or None; ``compare``: a second fill model (``--compare``), scored
+    only."""
     from usb_prep.classical import fill_patch
 
     res, outs = {}, {"unfilled": c.image}
@@ -128,6 +156,9 @@ def fill_case(model, c: Case, args, thresholds, log, downstream=None):
     res["usb"] = {**scores(parts.final, c, thresholds), "seconds": sec, "cpu_s": cpu,
                   "stages_s": {k: round(v, 2) for k, v in parts.seconds.items()}}
     res["usb_model"] = {**scores(parts.model, c, thresholds), "seconds": parts.seconds.get("model")}
+    if compare is not None:
+        other, sec2, _ = run_usb(compare, c, args.threads)
+        res["usb_compare"] = {**scores(other.final, c, thresholds), "seconds": sec2}
     out, info = niftyseg_fill(c.image, c.mask, c.affine, cap_s=args.cap, threads=args.threads)
     res["niftyseg"] = {**(scores(out, c, thresholds) if out is not None else {}), **info}
     if out is not None:
@@ -165,7 +196,7 @@ def brats_input(data: Path):
     return v / scale, mask, voided.affine, scale
 
 
-def brats(model, data: Path, out_dir: Path, args, log):
+def brats(model, data: Path, out_dir: Path, args, log, compare=None):
     """The BraTS 2023 inpainting case, scored with the challenge's own code (``inpainting`` 0.0.12) in the
     healthy region: the inpainting mask's components other than the largest one (the dilated tumour)."""
     import nibabel as nib
@@ -190,6 +221,10 @@ def brats(model, data: Path, out_dir: Path, args, log):
     t0 = time.perf_counter()
     fills["usb"] = (api.fill_array(x, mask, model=model, affine=affine, device="cpu", seed=0),
                     time.perf_counter() - t0)
+    if compare is not None:
+        t0 = time.perf_counter()
+        fills["usb_compare"] = (api.fill_array(x, mask, model=compare, affine=affine, device="cpu", seed=0),
+                                time.perf_counter() - t0)
     out, info = niftyseg_fill(x, mask, affine, cap_s=args.cap, threads=args.threads)
     if out is not None:
         fills["niftyseg"] = (out, info["seconds"])
@@ -217,15 +252,17 @@ def cell(r):
 
 
 def table(cases, title):
+    methods = METHODS + (("usb_compare",) if cases and "usb_compare" in cases[0].results else ())
     lines = [f"### {title}", "", "Cell: PSNR dB / SSIM / MAE in the mask / tissue agreement / seconds.", "",
-             "| case | ml | lesions | " + " | ".join(LABELS[m] for m in METHODS) + " | usb - NiftySeg dB |",
-             "|---|---|---|" + "---|" * len(METHODS) + "---|"]
+             "| case | ml | lesions | " + " | ".join(LABELS[m] for m in methods) + " | usb - NiftySeg dB |",
+             "|---|---|---|" + "---|" * len(methods) + "---|"]
     for c in cases:
         r = c.results
         lead = r["usb"]["psnr"] - r["niftyseg"]["psnr"] if "psnr" in r["niftyseg"] else None
         lines.append(f"| {c.family}/{c.category}/{c.mask_name} | {c.volume_ml:.1f} | {c.lesions} | "
-                     + " | ".join(cell(r[m]) for m in METHODS) + f" | {_f(lead) if lead is not None else 'NiftySeg DNF'} |")
-    lines.append("| **mean** | | | " + " | ".join(mean_cell(cases, m) for m in METHODS) + f" | {mean_lead(cases)} |")
+                     + " | ".join(cell(r[m]) for m in methods)
+                     + f" | {_f(lead) if lead is not None else 'NiftySeg DNF'} |")
+    lines.append("| **mean** | | | " + " | ".join(mean_cell(cases, m) for m in methods) + f" | {mean_lead(cases)} |")
     return lines + [""]
 
 
@@ -316,7 +353,9 @@ def brats_table(br: dict) -> list[str]:
              f"{br['components']} components; the largest, the dilated tumour, is not scored). "
              "The 2024 challenge winner: 23.26 dB / SSIM 0.841 (validation set).", "",
              "| method | PSNR | SSIM | MAE | seconds |", "|---|---|---|---|---|"]
-    for m in ("usb", "niftyseg", "laplace"):
+    for m in ("usb", "usb_compare", "niftyseg", "laplace"):
+        if m == "usb_compare" and m not in br:
+            continue
         if m in br:
             r = br[m]
             lines.append(f"| {LABELS[m]} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['mae']:.4f} | {r['seconds']:.0f} |")
@@ -360,6 +399,9 @@ def main(argv=None):
         print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
 
     model, info = load_model(args.weights, "fill", "cpu")
+    compare, compare_info = None, None
+    if args.compare:
+        compare, compare_info = load_model(None if args.compare == "packaged" else args.compare, "fill", "cpu")
     data = Path(args.data)
     if args.brats_only:
         return brats_alone(model, info, data, out_dir, args, log, time.time() - t_start, argv)
@@ -389,8 +431,8 @@ def main(argv=None):
 
             def effect(img, c=c, b=b):
                 return ds.effect(template, refs[b.name], img, c.mask, b.brain, b.affine)
-        fill_case(model, c, args, thresholds[c.brain], log, effect)
-    br = {} if args.no_brats else brats(model, data, out_dir, args, log)
+        fill_case(model, c, args, thresholds[c.brain], log, effect, compare)
+    br = {} if args.no_brats else brats(model, data, out_dir, args, log, compare)
     plots(cases, out_dir)
     cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Lesion-filling benchmark", "",
@@ -408,15 +450,19 @@ def main(argv=None):
         lines += downstream_table(cases)
     for fam in args.families:
         lines.append(f"- family `{fam}`: lead over NiftySeg {mean_lead([c for c in cases if c.family == fam])}")
+    rows = [{"case": c.name, "brain": c.brain, "family": c.family, "category": c.category, "ml": c.volume_ml,
+             "lesions": c.lesions, "results": c.results} for c in cases]
+    if compare is not None:
+        lines += [f"- `--compare` weights: sha256 {compare_info['sha256'][:12]}", *compare_lines(rows, br)]
     lines.append("")
     lines += brats_table(br)
     lines += ["Plots: `time_vs_volume.png`, `time_vs_lesions.png`. Categories: "
               + ", ".join(f"{k} {v[1]:g}-{v[2]:g} ml" for k, v in CATEGORIES.items()) + "."]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    rows = [{"case": c.name, "brain": c.brain, "family": c.family, "category": c.category, "ml": c.volume_ml,
-             "lesions": c.lesions, "results": c.results} for c in cases]
     res = {"command": cmd, "weights_sha256": info["sha256"], "settings": model.fill_settings.to_dict(),
            "cases": rows, "brats": br}
+    if compare is not None:
+        res["compare_weights_sha256"] = compare_info["sha256"]
     (out_dir / "results.json").write_text(json.dumps(res, indent=1, default=float))
     (out_dir / "headline.md").write_text(headline(json.loads(json.dumps(res, default=float))))
     log(f"wrote {out_dir / 'results.md'}")

@@ -173,6 +173,25 @@ def test_refiner_stage_makes_cases_and_trains(tmp_path):
     assert sd.keys() == sd0.keys() and all(torch.allclose(sd[k], sd0[k], atol=1e-6) for k in sd)  # lr 0: the start
 
 
+def test_refiner_case_relative_loss(tmp_path):
+    """case_relative weighs each window by its case's error before refining: another objective than the windows'
+    log MSE (the trained weights differ), each case's denominator its base blend's in-mask MSE."""
+    from usb_prep.train.refiner import RefinerConfig, base_mse, generate, load_cases, train_refiner
+
+    with pytest.raises(ValueError, match="loss"):
+        RefinerConfig(loss="l1")
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cfg = RefinerConfig(brains=str(brains), masks=str(masks), out=str(tmp_path / "run"), fill_weights=str(weights),
+                        cases=3, min_ml=0.05, min_voxels=20, workers=0, iterations=3, log_every=10, batch_size=3,
+                        lr=1e-2)
+    generate(cfg)
+    case = load_cases(sorted((tmp_path / "run" / "cases").glob("*.npz"))[:1])[0]
+    _, base, t, m = case
+    assert base_mse(case) == pytest.approx(float(((base - t)[m] ** 2).mean())) and base_mse(case) > 0
+    a = torch.load(train_refiner(cfg, progress=False))
+    b = torch.load(train_refiner(RefinerConfig(**{**cfg.to_dict(), "loss": "case_relative"}), progress=False))
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
 def test_load_refiner_state_packaged_and_file(tmp_path):
     from usb_prep.weights import load_refiner_state
 

@@ -32,6 +32,8 @@ from ..fill.refiner import CONTEXT, PATCH, Refiner, pad_to_window, refiner_input
 
 log = logging.getLogger(__name__)
 
+LOSSES = ("window_log", "case_relative")
+
 
 @dataclass
 class RefinerConfig:
@@ -47,6 +49,9 @@ class RefinerConfig:
     workers: int = 2  # generating processes (0: no generation, train on OUT/cases as it is)
     batch_size: int = 4
     lr: float = 3e-4
+    loss: str = "window_log"  # "window_log": mean log in-mask MSE of each window (the shipped refiner's);
+    # "case_relative": each window's in-mask MSE over its case's MSE before refining, so a window weighs what it
+    # adds to its case's PSNR (window_log lets the many low-error rim windows of a large lesion outweigh its core)
     ema: float = 0.995
     seed: int = 0
     threads: int = 1
@@ -68,6 +73,10 @@ class RefinerConfig:
     init: str | None = None  # start from this refiner: "packaged" or a state dict (OUT/refine.pt); None: from scratch
     log_every: int = 50
     reload_every: int = 300  # iterations between looks for new cases
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"refiner loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -217,9 +226,15 @@ def load_cases(files) -> list[tuple[np.ndarray, ...]]:
     return cases
 
 
-def sample_window(cases, rng) -> list[np.ndarray]:
-    """One training window around a random lesion voxel of a random case, randomly flipped and permuted."""
-    x, base, t, m = cases[rng.integers(len(cases))]
+def base_mse(case) -> float:
+    """A loaded case's in-mask MSE of the base blend (what the refiner starts from)."""
+    _, base, t, m = case
+    return float(np.mean((base[m] - t[m]) ** 2))
+
+
+def sample_window(case, rng) -> list[np.ndarray]:
+    """One training window of a loaded case around a random lesion voxel, randomly flipped and permuted."""
+    x, base, t, m = case
     idx = np.argwhere(m)
     lo = np.clip(idx[rng.integers(len(idx))] - PATCH // 2 + rng.integers(-8, 9, 3), 0, np.array(m.shape) - PATCH)
     sl = tuple(slice(a, a + PATCH) for a in lo)
@@ -245,6 +260,7 @@ def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
     if not files:
         raise FileNotFoundError(f"no refiner cases in {Path(cfg.out) / 'cases'}")
     cases = load_cases(files)
+    ref = [base_mse(c) for c in cases]  # case_relative's denominators
     torch.manual_seed(cfg.seed)
     net, ema = Refiner(cfg.channels), Refiner(cfg.channels)
     if cfg.init:  # fine-tune, e.g. after the fill's parts changed a little
@@ -257,12 +273,18 @@ def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
     path = Path(cfg.out) / "refine.pt"
     bar = tqdm(desc="refiner", unit="it", disable=not progress)
     while time.time() - t0 < cfg.minutes * 60 and it < (cfg.iterations or float("inf")):
-        batch = [sample_window(cases, rng) for _ in range(cfg.batch_size)]
+        ks, batch = [], []
+        for _ in range(cfg.batch_size):
+            ks.append(int(rng.integers(len(cases))))
+            batch.append(sample_window(cases[ks[-1]], rng))
         x, base, t, m = (torch.from_numpy(np.stack([b[j] for b in batch])) for j in range(4))
         n = m.sum((1, 2, 3, 4)).clamp(min=1)
         mse = ((base + m * net(x) - t) ** 2 * m).sum((1, 2, 3, 4)) / n
         mse0 = ((base - t) ** 2 * m).sum((1, 2, 3, 4)) / n
-        loss = torch.log(mse + 1e-5).mean()  # mean log MSE: the mean in-mask PSNR the benchmark reports
+        if cfg.loss == "case_relative":  # ~ the change of log(case MSE): the mean in-mask PSNR over cases
+            loss = (mse / torch.tensor([ref[k] + 1e-5 for k in ks])).mean()
+        else:  # mean log MSE of the windows
+            loss = torch.log(mse + 1e-5).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -271,11 +293,12 @@ def train_refiner(cfg: RefinerConfig, *, progress: bool = True) -> Path:
         with torch.no_grad():
             for p, q in zip(ema.parameters(), net.parameters()):
                 p.mul_(cfg.ema).add_(q, alpha=1 - cfg.ema)
-        gains.append(float(torch.log(mse0 + 1e-5).mean() - loss.detach()) * 10 / np.log(10))
+        gains.append(float((torch.log(mse0 + 1e-5) - torch.log(mse.detach() + 1e-5)).mean()) * 10 / np.log(10))
         if it % cfg.reload_every == 0:  # cases still being generated
             new = sorted(set(_case_files(cfg)) - set(files))
             files += new
             cases += load_cases(new)
+            ref += [base_mse(c) for c in cases[len(ref):]]
         if it % cfg.log_every == 0:
             log.info("it %d, %.0f s, %d cases, training gain %.3f dB", it, time.time() - t0, len(cases),
                      np.mean(gains[-cfg.log_every:]))
