@@ -340,3 +340,28 @@ def test_stopping_a_refiner_run_stops_its_case_generators(tmp_path):
         assert len(list(cases.glob("*.npz"))) == n
     finally:
         proc.kill()
+
+
+def test_refiner_run_ends_its_case_generators_when_training_ends(tmp_path):
+    """Training over (its iterations done), ``usb-train --stage refiner`` returns at once: it does not wait out the
+    generators' ``gen_minutes``, and no case is written after it."""
+    import subprocess
+    import sys
+    import time
+
+    brains, masks, weights = _tiny_cohort(tmp_path)
+    cfg = tmp_path / "refiner.json"
+    cfg.write_text(json.dumps({"stage": "refiner", "cases": 100000, "min_ml": 0.05, "min_voxels": 20, "workers": 1,
+                               "gen_minutes": 10, "start_after": 0, "iterations": 2, "batch_size": 1}))
+    cases = tmp_path / "run" / "cases"
+    proc = subprocess.Popen([sys.executable, "-c", "from usb_prep.cli.train import main; main()", "--config", str(cfg),
+                             "--brains", str(brains), "--masks", str(masks), "--fill-weights", str(weights),
+                             "--out", str(tmp_path / "run"), "--quiet"])
+    try:
+        assert proc.wait(timeout=240) == 0
+        assert (tmp_path / "run" / "refine.pt").exists()
+        n = len(list(cases.glob("*.npz")))
+        time.sleep(4)
+        assert n >= 1 and len(list(cases.glob("*.npz"))) == n
+    finally:
+        proc.kill()

@@ -319,8 +319,8 @@ def _exit_on_sigterm(signum, frame):
 
 def run(cfg: RefinerConfig, *, progress: bool = True) -> Path:
     """Generate cases in ``cfg.workers`` processes and train beside them after ``start_after`` minutes.
-    Stopped (Ctrl-C, SIGTERM) or failing, it stops the generating processes too: left running, they would hold
-    the cores and keep writing cases."""
+    When training ends, is stopped (Ctrl-C, SIGTERM) or fails, it stops the generating processes too: left running,
+    they would hold the cores and keep writing cases (and a SIGTERM while waiting for them left both waiting)."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_gen_worker, args=(cfg, k, cfg.workers)) for k in range(cfg.workers)]
     for p in procs:
@@ -336,11 +336,11 @@ def run(cfg: RefinerConfig, *, progress: bool = True) -> Path:
         if any(p.exitcode not in (0, None) for p in procs):
             raise RuntimeError("a case-generating process failed; see its log above")
         return train_refiner(cfg, progress=progress)
-    except BaseException:
+    finally:  # training over (done, stopped or failed): generating on would only hold the cores; the cases
+        # written so far stay, and the same command makes the missing ones
         for p in procs:
-            p.terminate()
-        raise
-    finally:
+            if p.is_alive():
+                p.terminate()
         for p in procs:
             p.join()
         if previous is not None:
