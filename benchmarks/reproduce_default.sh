@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the packaged default weights (usb_prep/weights/default) from ../shared/data, given the time:
-# about 7.5 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
+# about 10 hours on 2 CPU cores (each stage stops at its config's wall-clock budget, so iteration counts
 # and the exact weights depend on the machine). Paths are the configs' (/work/cache, /work/runs).
 # usage: bash benchmarks/reproduce_default.sh [OUT_WEIGHTS_DIR]
 set -euo pipefail
@@ -20,4 +20,10 @@ python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner /wo
 usb-train --config benchmarks/train_refiner_t2.json --fill-weights "$out"  # -> /work/runs/refiner_t2/refine.pt
 python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" \
     --contrast-refiner t2w=/work/runs/refiner_t2/refine.pt --contrast-refiner flair=/work/runs/refiner_t2/refine.pt
+# the shipped T1w refiner (~2.5 h): the one above ("init" packaged) fine-tuned with the case-relative loss on cases of
+# which every third holds a training mask of 120-450 ml; refiner_xl's run makes the first 73 of them
+usb-train --config benchmarks/train_refiner_xl.json --fill-weights "$out"   # -> /work/runs/refiner_xl (its cases)
+mkdir -p /work/runs/refiner_rel/cases && cp -l /work/runs/refiner_xl/cases/*.npz /work/runs/refiner_rel/cases/
+usb-train --config benchmarks/train_refiner_rel.json --fill-weights "$out"  # -> /work/runs/refiner_rel/refine.pt
+python benchmarks/bundle.py "$out" --fill "$out" --generate "$out" --refiner /work/runs/refiner_rel/refine.pt
 echo "weights in $out; evaluate with: python benchmarks/validation.py --weights $out && python benchmarks/run_benchmark.py --weights $out --steps 1 --threads 2"
