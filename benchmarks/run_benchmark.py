@@ -89,8 +89,8 @@ def headline(res: dict) -> str:
                      f"{br['usb']['seconds']:.0f} | |")
     extra = compare_lines(res["cases"], br)
     if any("downstream" in r["results"].get("usb", {}) for r in res["cases"]):
-        extra = ["", "Downstream (masks that cover the lesion; differences from the healthy image):", "",
-                 *downstream_rows(res["cases"])]
+        extra += ["", "Downstream (masks that cover the lesion; differences from the healthy image):", "",
+                  *downstream_rows(res["cases"])]
     return "\n".join(lines + ["", *per_case(res), *extra]) + "\n"
 
 
@@ -218,13 +218,11 @@ def brats(model, data: Path, out_dir: Path, args, log, compare=None):
     hp = tmp / "healthy_mask.nii.gz"
     nib.save(nib.Nifti1Image(healthy.astype(np.uint8), affine), str(hp))
     fills = {}
-    t0 = time.perf_counter()
-    fills["usb"] = (api.fill_array(x, mask, model=model, affine=affine, device="cpu", seed=0),
-                    time.perf_counter() - t0)
-    if compare is not None:
-        t0 = time.perf_counter()
-        fills["usb_compare"] = (api.fill_array(x, mask, model=compare, affine=affine, device="cpu", seed=0),
-                                time.perf_counter() - t0)
+    for name, m in (("usb", model), ("usb_compare", compare)):
+        if m is not None:
+            t0 = time.perf_counter()
+            fills[name] = (api.fill_array(x, mask, model=m, affine=affine, device="cpu", seed=0),
+                           time.perf_counter() - t0)
     out, info = niftyseg_fill(x, mask, affine, cap_s=args.cap, threads=args.threads)
     if out is not None:
         fills["niftyseg"] = (out, info["seconds"])
