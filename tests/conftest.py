@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -179,3 +180,33 @@ def stub_recon_all(tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_RECON_LOG", str(log))
     monkeypatch.setenv("STUB_CONFORM_N", "40")  # 256 in real recon-all; small here for speed
     return log
+
+
+# --- a BIDS dataset (test_bids_app, test_handoff) ----------------------------------------------------
+def write_nifti(path, data, aff):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb.Nifti1Image(data, aff).to_filename(str(path))
+
+
+@pytest.fixture
+def bids_ds(tmp_path):
+    """sub-01 (no session) and sub-02 (ses-1), each with a T1w and a lesion ROI; sub-03 without mask."""
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "synthetic", "BIDSVersion": "1.10.0"}))
+    (root / ".bidsignore").write_text("*_roi.nii.gz\n")
+    for sub, ses, seed in (("01", None, 0), ("02", "1", 1), ("03", None, 2)):
+        img, lesion, _, aff = phantom(seed=seed)
+        anat = root / f"sub-{sub}" / (f"ses-{ses}/anat" if ses else "anat")
+        prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+        write_nifti(anat / f"{prefix}_T1w.nii.gz", img, aff)
+        if sub != "03":
+            write_nifti(anat / f"{prefix}_label-lesion_roi.nii.gz", lesion, aff)
+    return root
+
+
+@pytest.fixture
+def linear_plugin(tmp_path):
+    path = tmp_path / "plugin.yml"
+    path.write_text("plugin: Linear\nplugin_args: {}\n")
+    return path

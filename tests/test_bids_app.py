@@ -9,37 +9,8 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from conftest import phantom
+from conftest import phantom, write_nifti as _write
 from usb_prep.cli.bids_app import EXIT_USAGE, build_workflow, get_parser, main
-
-
-def _write(path, data, aff):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nb.Nifti1Image(data, aff).to_filename(str(path))
-
-
-@pytest.fixture
-def bids_ds(tmp_path):
-    """sub-01 (no session) and sub-02 (ses-1), each with a T1w and a lesion ROI; sub-03 without mask."""
-    root = tmp_path / "bids"
-    root.mkdir()
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "synthetic", "BIDSVersion": "1.10.0"}))
-    (root / ".bidsignore").write_text("*_roi.nii.gz\n")
-    for sub, ses, seed in (("01", None, 0), ("02", "1", 1), ("03", None, 2)):
-        img, lesion, _, aff = phantom(seed=seed)
-        anat = root / f"sub-{sub}" / (f"ses-{ses}/anat" if ses else "anat")
-        prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
-        _write(anat / f"{prefix}_T1w.nii.gz", img, aff)
-        if sub != "03":
-            _write(anat / f"{prefix}_label-lesion_roi.nii.gz", lesion, aff)
-    return root
-
-
-@pytest.fixture
-def linear_plugin(tmp_path):
-    path = tmp_path / "plugin.yml"
-    path.write_text("plugin: Linear\nplugin_args: {}\n")
-    return path
 
 
 def _args(bids_ds, tmp_path, *extra):
@@ -233,12 +204,13 @@ def test_filled_dataset_is_a_raw_bids_dataset_for_the_next_app(bids_ds, tmp_path
         out / "sub-02/ses-1/anat/sub-02_ses-1_desc-lesionfilled_T1w.nii.gz").read_bytes()
     side = json.loads((ds / "sub-01/anat/sub-01_T1w.json").read_text())
     assert side["RepetitionTime"] == 2.3  # the raw sidecar's fields kept
-    assert side["LesionFilling"]["Source"] == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert side["LesionFilling"]["Source"] == "bids:unfilled:sub-01/anat/sub-01_T1w.nii.gz"
     assert side["LesionFilling"]["method"] == "wmstats"
     assert json.loads((bids_ds / "sub-01/anat/sub-01_T1w.json").read_text()) == {"RepetitionTime": 2.3}
     # the mask the fill used, under fMRIPrep's name
     roi = ds / "sub-01/anat/sub-01_label-lesion_roi.nii.gz"
     assert roi.read_bytes() == (out / "sub-01/anat/sub-01_label-lesion_mask.nii.gz").read_bytes()
+    assert os.stat(roi).st_ino != os.stat(out / "sub-01/anat/sub-01_label-lesion_mask.nii.gz").st_ino  # a copy
     # sub-03 was not asked for: linked as it is (same inode), as are the other files; derivatives/ left out
     for rel in ("sub-03/anat/sub-03_T1w.nii.gz", "participants.tsv"):
         assert os.stat(ds / rel).st_ino == os.stat(bids_ds / rel).st_ino
@@ -246,6 +218,7 @@ def test_filled_dataset_is_a_raw_bids_dataset_for_the_next_app(bids_ds, tmp_path
     desc = json.loads((ds / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "raw" and desc["GeneratedBy"][-1]["Name"] == "usb_prep"
     assert desc["SourceDatasets"] == [{"URL": bids_ds.absolute().as_uri()}]
+    assert desc["DatasetLinks"] == {"unfilled": bids_ds.absolute().as_uri()}  # every bids: URI's dataset named
     assert "*_label-lesion_roi.nii*" in (ds / ".bidsignore").read_text().splitlines()
     validator = _bids_validator()
     if validator is not None:  # CI installs bids-validator-deno (pyproject: test extra)

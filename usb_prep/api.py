@@ -22,7 +22,7 @@ from .fill.context import FillContext
 from .fill import detect
 from .fill.pipeline import FillParts, run_fill, settings_for
 from .fill.settings import METHODS, FillSettings
-from .io import get_data, guide_array, image_contrast, like_input, load_image, mask_array
+from .io import check_guide, get_data, guide_array, image_contrast, like_input, load_image, mask_array
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
@@ -202,12 +202,20 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
         v, scale, offset = normalise(data, m, messages)
         if m is not None:
             check_mask(v, m, float(np.prod(vox)) / 1000, messages)
+        gv = None
+        if g is not None:  # an empty or non-overlapping guide stops here; a doubtful one is left out
+            gv = normalise(g, m, [])[0]
+            unused = check_guide(gv, v, m)
+            if unused:
+                messages.append(unused)
+                record["guide_unused"] = unused
+                gv = None
         if method == "usb":
             dev = resolve_device(device)
             model, info = load_model(weights, role, dev)
             s = settings_for(model, settings, **given)
             record.update(weights=info, device=str(dev), **s.to_dict())
-            if g is not None:
+            if gv is not None:
                 record["guide"] = str(guide) if isinstance(guide, (str, os.PathLike)) else "image"
             kw = dict(model=model, settings=s, seed=seed, voxel_size=vox, device=dev, progress=progress,
                       affine=img.affine)
@@ -215,7 +223,7 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
                 filled, m = heal_array(v, **kw)
                 messages.append(f"no mask given: USB_lesion detected {int(m.sum())} lesion voxels, then filled them")
             else:
-                parts = fill_parts(v, m, guide=None if g is None else normalise(g, m, [])[0], **kw)
+                parts = fill_parts(v, m, guide=gv, **kw)
                 filled = parts.final
                 record["rim_voxels"] = parts.rim_voxels
                 if parts.rim_voxels:

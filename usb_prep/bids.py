@@ -19,12 +19,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .io import sidecar_path
+from .io import atomic_write, sidecar_path
 
 MASK_KINDS = ("lesion", "artifact")
 #: ``desc`` of the filled T1w per mask kind.
@@ -355,140 +354,21 @@ def dataset_description(*, version: str, bids_dir=None, code_url: str = "https:/
 
 
 def write_json(path, data: Mapping) -> str:
-    """Write JSON atomically (temp file, then rename)."""
+    """Write JSON atomically (temp file, then rename), with the usual mode (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return str(path.absolute())
 
 
 def copy_derivative(src, dst, sidecar: Mapping | None = None) -> str:
-    """Copy ``src`` to ``dst`` atomically (overwriting) and write its sidecar."""
+    """Copy ``src`` to ``dst`` atomically (overwriting), with the usual mode, and write its sidecar."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     if sidecar is not None:
         write_json(sidecar_path(dst), sidecar)
     return str(dst.absolute())
 
 
-# --- a filled raw dataset for the next BIDS app ----------------------------------------------------------
-FILLED_DATASET_SKIP = ("derivatives",)  # top-level folders of the input not carried over (BIDS apps ignore them)
-
-
-def check_filled_dataset_dir(out_dir, bids_dir) -> None:
-    """Refuse a ``--filled-dataset`` folder that is the input, lies inside it (but for its ``derivatives/``),
-    holds it, or is a non-empty folder usb_prep did not write (nothing is overwritten unasked)."""
-    out, src = Path(out_dir).absolute(), Path(bids_dir).absolute()
-    if out == src or src in out.parents and not _under_skipped(out, src) or out in src.parents:
-        raise ValueError(f"--filled-dataset {out_dir}: must lie outside the input dataset {bids_dir} "
-                         "(or in its derivatives/ folder)")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _written_by_us(out))):
-        raise ValueError(f"--filled-dataset {out_dir}: exists and was not written by usb_prep; choose an empty or "
-                         "new folder")
-
-
-def _under_skipped(path: Path, root: Path) -> bool:
-    return path.relative_to(root).parts[0] in FILLED_DATASET_SKIP
-
-
-def _written_by_us(folder: Path) -> bool:
-    try:
-        desc = json.loads((folder / "dataset_description.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any(g.get("Name") == "usb_prep" for g in desc.get("GeneratedBy", []) if isinstance(g, dict))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link (no space, safe in containers, unlike symlinks), a copy across file systems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def filled_mask_name(entry: AnatInput, mask_kind: str = "lesion") -> str:
-    """Where the filled dataset keeps ``entry``'s mask: ``<anat>/sub-X[_ses-Y][...]_label-<kind>_roi.nii.gz``."""
-    ents = {k: v for k, v in entry.entities.items() if k != "suffix"}
-    ents["label"] = mask_kind
-    return f"{entry.anat_dir}/{build_name(ents, 'roi')}"
-
-
-def write_filled_dataset(bids_dir, out_dir, filled: Mapping[Path, Path], entries: Iterable[AnatInput], *,
-                         version: str, mask_kind: str = "lesion", settings: Mapping | None = None) -> dict:
-    """Write ``out_dir``: a raw BIDS dataset that fMRIPrep, sMRIPrep or FastSurfer take as input unchanged.
-
-    The input's tree and file names (but its ``derivatives/``); each raw image in ``filled`` (raw path ->
-    filled image) replaced by its filled version, its sidecar saying so (``LesionFilling``); the mask each entry
-    was filled with (``entry.mask``: the one used, on the image's grid) as ``..._label-<kind>_roi.nii.gz``
-    beside its image (fMRIPrep masks it out of registration), listed in
-    ``.bidsignore``; every other file hard-linked (copied across file systems); ``dataset_description.json`` with
-    ``GeneratedBy`` and ``SourceDatasets``. Returns ``{"filled": n, "linked": n, "masks": n}``.
-    """
-    src, out = Path(bids_dir).absolute(), Path(out_dir).absolute()
-    check_filled_dataset_dir(out, src)
-    filled = {Path(k).absolute(): Path(v) for k, v in filled.items()}
-    sidecars = {sidecar_path(raw) for raw in filled}  # written anew below, not linked
-    counts = {"filled": 0, "linked": 0, "masks": 0}
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if (rel.parts[0] in FILLED_DATASET_SKIP or rel.parts[0].startswith(".git") or path == out
-                or out in path.parents or path.is_dir()):
-            continue
-        if rel.name in ("dataset_description.json", ".bidsignore") and len(rel.parts) == 1:
-            continue
-        if path in filled:
-            copy_derivative(filled[path], out / rel)
-            counts["filled"] += 1
-        elif path not in sidecars:
-            _link_or_copy(path, out / rel)
-            counts["linked"] += 1
-    for raw in filled:  # sidecars: the raw one's fields (if any) and how it was filled
-        side_src, side_dst = sidecar_path(raw), sidecar_path(out / raw.relative_to(src))
-        data = json.loads(side_src.read_text()) if side_src.exists() else {}
-        data["LesionFilling"] = {"GeneratedBy": f"usb_prep {version}", "Source": bids_uri(raw, src),
-                                 "Description": f"voxels of the {mask_kind} mask replaced by usb_prep's fill; "
-                                                "every other voxel as in the source", **dict(settings or {})}
-        write_json(side_dst, data)
-    for entry in sorted(entries, key=lambda e: e.suffix == "T1w"):  # one roi per subject: the T1w's wins
-        if entry.image.absolute() not in filled or entry.mask is None:
-            continue
-        _link_or_copy(Path(entry.mask), out / filled_mask_name(entry, mask_kind))  # replaces a linked raw one
-        counts["masks"] += 1
-    ignore = src / ".bidsignore"
-    lines = ignore.read_text().splitlines() if ignore.exists() else []
-    pattern = f"*_label-{mask_kind}_roi.nii*"
-    (out / ".bidsignore").write_text("\n".join(lines + ([pattern] if pattern not in lines else [])) + "\n")
-    write_json(out / "dataset_description.json", filled_dataset_description(src, version=version))
-    return counts
-
-
-def filled_dataset_description(bids_dir, *, version: str) -> dict:
-    """The filled dataset's ``dataset_description.json``: the input's, as a raw dataset generated by usb_prep."""
-    src = Path(bids_dir)
-    try:
-        desc = json.loads((src / "dataset_description.json").read_text())
-    except (OSError, ValueError):
-        desc = {}
-    name = desc.get("Name", src.name)
-    desc.update({
-        "Name": f"{name} (lesion-filled by usb_prep)",
-        "BIDSVersion": desc.get("BIDSVersion", "1.10.0"),
-        "DatasetType": "raw",
-        "GeneratedBy": [*desc.get("GeneratedBy", []),
-                        {"Name": "usb_prep", "Version": version,
-                         "Description": "anatomical images with lesions filled; lesion masks as _roi files"}],
-        "SourceDatasets": [{"URL": src.absolute().as_uri()}],
-    })
-    return desc

@@ -85,7 +85,7 @@ def _figure(path: Path, healthy, lesioned, filled, mask, *, psnr: float, mae: fl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .io import _atomic_write
+    from .io import atomic_write
 
     z = int(np.argmax(mask.sum(axis=(0, 1))))  # the axial slice with most lesion voxels
     panels = [("healthy", healthy), ("lesioned", lesioned), (f"filled (PSNR {psnr:.1f} dB)", filled),
@@ -102,7 +102,7 @@ def _figure(path: Path, healthy, lesioned, filled, mask, *, psnr: float, mae: fl
         ax.set_axis_off()
     fig.suptitle(f"usb-fill demo: MNI152 axial slice z={z}, in-mask MAE {mae:.4f}", fontsize=11)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def run_demo(out_dir, *, overwrite: bool = False, seed: int = 0, steps: int | None = None, device="auto",

@@ -171,6 +171,64 @@ def guide_array(guide_img, image_img, messages: list | None = None) -> np.ndarra
     return np.asarray(get_data(guide_img), np.float32).reshape(image_img.shape[:3])
 
 
+GUIDE_MIN_OVERLAP = 0.5  # share of the image's head where the guide must have signal
+GUIDE_SHIFT = 3  # voxels: a guide that matches the image better shifted by this much is not aligned
+GUIDE_LESION = 0.3  # the guide's mask-vs-ring difference (in its brain's robust spread) that looks like a lesion
+
+
+def check_guide(guide: np.ndarray, image: np.ndarray, mask: np.ndarray) -> str | None:
+    """A guide's sanity, before any work; both normalised (background 0) on one grid.
+
+    Raises :class:`InputError` for a guide that is empty or does not overlap the image (a wrong file, scans in
+    different spaces). Returns why the guide should not be used, or None: its anatomy matches the image's better
+    when shifted by :data:`GUIDE_SHIFT` voxels (misaligned; the match is a correlation ratio, so any pair of
+    contrasts), or its mask region still differs from the ring around it as the image's lesion does (the unfilled
+    scan given as the guide)."""
+    from scipy import ndimage
+
+    if not np.isfinite(guide).all() or not (guide > 0).any() or float(np.ptp(guide)) == 0:
+        raise InputError("the guide image is empty (no signal): give the filled scan of another contrast")
+    head = (image > 0) & ~mask
+    overlap = float((guide[head] > 0).mean()) if head.any() else 0.0
+    if overlap < GUIDE_MIN_OVERLAP:
+        raise InputError(f"the guide image does not overlap the image ({overlap:.0%} of the head has guide signal): "
+                         "are the two scans aligned (same subject, same space)?")
+    known = head & ~ndimage.binary_dilation(mask, iterations=GUIDE_SHIFT + 1)
+    known[::2] = False  # every other slice is plenty
+    here = correlation_ratio(image[known], guide[known])
+    best = max(correlation_ratio(image[known], np.roll(guide, d, axis)[known])
+               for axis in range(3) for d in (-GUIDE_SHIFT, GUIDE_SHIFT))
+    if best > here + 0.02:
+        return (f"the guide is not aligned with the image (its anatomy matches better shifted by {GUIDE_SHIFT} "
+                f"voxels: correlation ratio {best:.2f} vs {here:.2f}): filled without it")
+    ring = ndimage.binary_dilation(mask, iterations=3) & head & (guide > 0)
+    if mask.any() and ring.sum() >= 10:
+        d_guide, d_image = _lesion_contrast(guide, mask, ring), _lesion_contrast(image, mask, ring)
+        if abs(d_guide) > GUIDE_LESION and abs(d_guide) > 0.5 * abs(d_image):
+            return (f"the guide still looks lesioned in the mask (it differs from the ring around by {d_guide:+.1f} of "
+                    f"its spread, the image by {d_image:+.1f}): filled without it (give the filled scan)")
+    return None
+
+
+def _lesion_contrast(x: np.ndarray, mask: np.ndarray, ring: np.ndarray) -> float:
+    """(median in the mask - median in the ring) / the brain's robust spread."""
+    brain = x[x > 0]
+    spread = float(np.subtract(*np.percentile(brain, [75, 25]))) / 1.349 or 1.0
+    return (float(np.median(x[mask])) - float(np.median(x[ring]))) / spread
+
+
+def correlation_ratio(y: np.ndarray, x: np.ndarray, bins: int = 32) -> float:
+    """How much of ``y``'s variance ``x`` explains, through any function (``x`` in ``bins`` quantile bins): 1
+    when ``y`` is a function of ``x``, 0 when unrelated."""
+    if y.size < bins * 4 or float(np.var(y)) == 0:
+        return 0.0
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+    idx = np.digitize(x, edges)
+    counts = np.bincount(idx)
+    means = np.bincount(idx, weights=y) / np.maximum(counts, 1)
+    return float(np.sum(counts * (means - y.mean()) ** 2) / (y.size * np.var(y)))
+
+
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Fail early (before any work) if ``path`` exists or its folder is not writable."""
     return check_outputs([_image_name(path)], overwrite=overwrite)[0]
@@ -226,7 +284,7 @@ def _umask() -> int:
     return old
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file beside ``path``, then rename: never a partial file at ``path``.
 
     The file gets the usual mode (0666 less the umask), not mkstemp's 0600, so colleagues sharing a lab
@@ -256,7 +314,7 @@ def save_image(img, path: str | os.PathLike, *, overwrite: bool = False) -> Path
 
         warnings.warn(f"{p}: MGZ stores float32 at most; the float64 data is written as float32", stacklevel=2)
         img = nib.MGHImage(np.asanyarray(img.dataobj).astype(np.float32), img.affine)
-    _atomic_write(p, lambda tmp: nib.save(img, tmp))
+    atomic_write(p, lambda tmp: nib.save(img, tmp))
     return p
 
 
@@ -265,7 +323,7 @@ def write_sidecar(path: str | os.PathLike, data: dict, *, overwrite: bool = True
     if p.exists() and not overwrite:
         raise InputError(f"{p} exists")
     text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    _atomic_write(p, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(p, lambda tmp: Path(tmp).write_text(text))
     return p
 
 

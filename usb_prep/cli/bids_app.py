@@ -115,6 +115,8 @@ class Plan:
     unknown: list = field(default_factory=list)  # participant labels asked for that the dataset lacks
     wf_names: dict = field(default_factory=dict)  # subject workflow name -> key
     guided: dict = field(default_factory=dict)  # key of a T2w/FLAIR entry -> key of the T1w whose fill guides it
+    outputs: dict = field(default_factory=dict)  # key -> every derivative path this run may write (stale on failure)
+    run_id: str = ""
 
 
 def _add_setting_options(group) -> None:
@@ -235,6 +237,12 @@ def build_workflow(opts) -> tuple:
             output_dir / core.filled_name(entry, opts.mask_kind),
             output_dir / f"{entry.key}.html",
         ]
+        plan.outputs[entry.key] = plan.expected[entry.key] + [output_dir / core.mask_name(entry, opts.mask_kind)]
+        if opts.downstream in ("ants", "niftyreg"):
+            space = {"space": opts.template_space}
+            plan.outputs[entry.key] += [
+                output_dir / core.mask_name(entry, opts.mask_kind, **space),
+                output_dir / core.derivative_name(entry, desc=opts.mask_kind, suffix="dseg", **space)]
     if opts.method == "usb" and opts.t1w_guide:  # the session's filled T1w guides its T2w/FLAIR
         for key, t1_key in core.t1w_guides(plan.entries).items():
             wf.connect(sub_wfs[t1_key], "outputnode.out_file", sub_wfs[key], "inputnode.guide_file")
@@ -243,8 +251,8 @@ def build_workflow(opts) -> tuple:
         wf.config["execution"]["stop_on_first_crash"] = True
     wf.config["execution"]["crashfile_format"] = "txt"
     # this run's crash files in the work folder (never the current directory), one folder per run
-    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
-    wf.config["execution"]["crashdump_dir"] = str(Path(opts.work_dir).absolute() / "crash" / run_id)
+    plan.run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**9:09d}"
+    wf.config["execution"]["crashdump_dir"] = str(Path(opts.work_dir).absolute() / "crash" / plan.run_id)
     return (wf if plan.entries else None), plan
 
 
@@ -260,6 +268,23 @@ def failed_subjects(crash_dir: Path, plan: Plan) -> dict:
                     out.setdefault(key, f)
                 break
     return out
+
+
+def crash_cause(crash_file) -> str:
+    """The one-line cause in a Nipype crash file: the last exception line of its traceback (e.g.
+    ``InputError: image and mask are on different grids ...``), without the exception's name."""
+    import re
+
+    try:
+        lines = Path(crash_file).read_text(errors="replace").splitlines()
+    except OSError:
+        return "see the crash file"
+    pattern = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception))(?::\s*(.*))?$")
+    for line in reversed(lines):
+        m = pattern.match(line.strip())
+        if m and m.group(2):
+            return m.group(2).strip()
+    return "see the crash file"
 
 
 def remove_stale(paths) -> list[Path]:
@@ -281,7 +306,13 @@ def _plugin(opts) -> tuple[str, dict]:
         import yaml
 
         cfg = yaml.safe_load(Path(opts.use_plugin).read_text()) or {}
-        return cfg.get("plugin", "MultiProc"), dict(cfg.get("plugin_args") or {})
+        plugin = cfg.get("plugin", "MultiProc")
+        if plugin in ("SLURM", "SLURMGraph") and not os.environ.get("LOGNAME"):
+            # Nipype's SLURM plugin reads $LOGNAME for squeue; containers, cron and CI often lack it
+            import pwd
+
+            os.environ["LOGNAME"] = pwd.getpwuid(os.getuid()).pw_name
+        return plugin, dict(cfg.get("plugin_args") or {})
     args = {"n_procs": opts.nprocs, "raise_insufficient": False}
     if opts.mem_gb:
         args["memory_gb"] = opts.mem_gb
@@ -297,26 +328,122 @@ def write_dataset_description(opts) -> None:
                     core.dataset_description(version=__version__, bids_dir=opts.bids_dir))
 
 
-def write_filled(opts, plan: Plan, ok) -> dict:
+def write_filled(opts, plan: Plan, ok, failed) -> dict:
     """``--filled-dataset``: the input dataset with the images of the subjects in ``ok`` filled
-    (:func:`usb_prep.bids.write_filled_dataset`), the masks the fills used beside them."""
+    (:func:`usb_prep.filled_dataset.write`), the masks the fills used beside them; earlier fills of subjects not
+    run kept, those of ``failed`` subjects withdrawn; every unfilled image named in the log."""
     import dataclasses
 
     from usb_prep import __version__
     from usb_prep import bids as core
+    from usb_prep import filled_dataset
 
     out = opts.output_dir.absolute()
     entries = [dataclasses.replace(e, mask=out / core.mask_name(e, opts.mask_kind))
                for e in plan.entries if e.key in ok]
     filled = {e.image: out / core.filled_name(e, opts.mask_kind) for e in entries}
     settings = {k: v for k, v in _fill_options(opts).items() if k not in ("use_gpu",)}
-    counts = core.write_filled_dataset(opts.bids_dir, opts.filled_dataset, filled, entries, version=__version__,
-                                       mask_kind=opts.mask_kind, settings=settings)
-    unfilled = [e.key for e in plan.entries if e.key not in ok] + [key for key, _ in plan.skipped]
-    LOGGER.warning("filled dataset %s: %d images filled, %d masks, %d other files linked%s", opts.filled_dataset,
-                   counts["filled"], counts["masks"], counts["linked"],
-                   f"; NOT filled (copied as they are): {', '.join(unfilled)}" if unfilled else "")
-    return counts
+    res = filled_dataset.write(opts.bids_dir, opts.filled_dataset, filled, entries, version=__version__,
+                               run=plan.run_id, mask_kind=opts.mask_kind, settings=settings,
+                               failed=[e.image for e in plan.entries if e.key in failed],
+                               forbidden=_forbidden(opts))
+    LOGGER.warning("filled dataset %s: %d images filled, %d masks, %d other files written; %d earlier fills kept",
+                   opts.filled_dataset, res["filled"], res["masks"], res["linked"], len(res["kept"]))
+    for rel in res["withdrawn"]:
+        LOGGER.warning("filled dataset: %s is the unfilled original again (its earlier fill was withdrawn: the "
+                       "subject failed in this run, or the file changed since)", rel)
+    bids = Path(opts.bids_dir).absolute()
+    claimed = {Path(p).absolute().relative_to(bids).as_posix() for p in filled} | set(res["kept"])
+    unfilled = sorted({e.image.absolute().relative_to(bids).as_posix() for e in plan.entries}
+                      - claimed - set(res["withdrawn"]))
+    if unfilled:
+        LOGGER.warning("filled dataset: NOT filled (copied as they are): %s", ", ".join(unfilled))
+    return res
+
+
+def _forbidden(opts) -> dict:
+    return {"output folder": Path(opts.output_dir), "work folder": Path(opts.work_dir)}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``; elsewhere the multiprocessing children)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        import multiprocessing
+
+        return [c.pid for c in multiprocessing.active_children()]
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _end_processes(pids, grace: float = 5.0) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (a scheduler's time limit, ``timeout``) and SIGINT (Ctrl-C) end the whole run: the workers too
+    (left running they would go on filling into the work folder beside a rerun), then exit 143 / 130."""
+    import signal
+
+    main_pid = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != main_pid:  # a worker forked with this handler: end quietly, the main process reports
+            os._exit(128 + signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _end_processes(_descendants(main_pid))
+        name = signal.Signals(signum).name
+        print(f"usb-prep: stopped by {name}; every worker ended. Rerun with the same -w to resume.", file=sys.stderr,
+              flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def hold_work_dir(work_dir: Path):
+    """Claim the work folder for this run (an exclusive ``flock`` on ``.usb_prep.lock``, released when the run
+    and every process it started are gone); ``RuntimeError`` naming the other run when one still holds it."""
+    import fcntl
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock = work_dir / ".usb_prep.lock"
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        other = fh.read().strip() or "?"
+        fh.close()
+        raise RuntimeError(f"another usb-prep run (pid {other}) is using the work folder {work_dir}; wait for it "
+                           "to end (or stop it), or give another -w") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def _validate(bids_dir: Path) -> list[str]:
@@ -344,7 +471,7 @@ def main(argv=None) -> int:
         for msg in deps:
             LOGGER.error(msg)
         return EXIT_DEPENDENCY
-    from usb_prep.bids import check_filled_dataset_dir
+    from usb_prep.filled_dataset import check_dir
     from usb_prep.weights import WeightsError, fill_settings_of
 
     try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
@@ -352,7 +479,7 @@ def main(argv=None) -> int:
         for contrast in opts.contrast if opts.method == "usb" else ["t1w"]:  # weights lacking a contrast fail here
             fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}), contrast)
         if opts.filled_dataset:
-            check_filled_dataset_dir(opts.filled_dataset, opts.bids_dir)
+            check_dir(opts.filled_dataset, opts.bids_dir, forbidden=_forbidden(opts))
         _bids_filters(opts)
     except (ValueError, WeightsError) as e:
         LOGGER.error("%s", e)
@@ -369,6 +496,12 @@ def main(argv=None) -> int:
     if wf is None:
         LOGGER.error("nothing to run")
         return EXIT_SUBJECTS_FAILED
+    try:
+        lock = hold_work_dir(Path(opts.work_dir).absolute())  # noqa: F841 -- held until the run ends
+    except RuntimeError as e:
+        LOGGER.error("%s", e)
+        return EXIT_USAGE
+    _stop_on_signals()
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(opts)
     if opts.write_graph:
@@ -379,21 +512,20 @@ def main(argv=None) -> int:
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:  # nipype: "Workflow did not execute cleanly"; the nodes' errors are in crash files
-        from usb_prep.io import first_line
-
-        LOGGER.error("some nodes failed: %s", first_line(err))
+        LOGGER.error("some nodes failed (%s); each failed subject and its cause below", type(err).__name__)
     # success is this run's result: a crashed subject failed even where an earlier run's outputs exist
     crashed = failed_subjects(crash_dir, plan)
     failed = [key for key, paths in plan.expected.items() if key in crashed or not all(p.exists() for p in paths)]
     for key in failed:
-        gone = remove_stale(plan.expected[key]) if key in crashed else []
-        where = crashed.get(key, crash_dir)
-        LOGGER.error("%s failed (crash file: %s)%s", key, where,
+        gone = remove_stale(plan.outputs[key])
+        where = crashed.get(key)
+        cause = crash_cause(where) if where else "outputs missing"
+        LOGGER.error("%s failed: %s (crash file: %s)%s", key, cause, where or crash_dir,
                      f"; removed {len(gone)} stale output(s) of an earlier run" if gone else "")
     LOGGER.info("finished in %.0f s", time.time() - started)
     ok = [k for k in plan.expected if k not in failed]
     if opts.filled_dataset:
-        write_filled(opts, plan, ok)
+        write_filled(opts, plan, ok, failed)
     print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")
     return EXIT_OK if not failed and not plan.skipped else EXIT_SUBJECTS_FAILED
 

@@ -36,8 +36,10 @@ def _fail(msg: str, code: int = EXIT_INPUT):
     sys.exit(code)
 
 
-def _on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through the atomic writes, which remove their temporaries
+def _on_signal(signum, frame):
+    # SIGTERM -> 143, SIGINT (Ctrl-C) -> 130, the shell's convention (click would make Ctrl-C exit 1); the exit
+    # unwinds through the atomic writes, which remove their temporaries
+    raise SystemExit(128 + signum)
 
 
 def _run(fn):
@@ -47,7 +49,8 @@ def _run(fn):
     from usb_prep.io import InputError, first_line
     from usb_prep.weights import WeightsError
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         return fn()
     except (InputError, WeightsError, ValueError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:

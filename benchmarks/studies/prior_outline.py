@@ -1,0 +1,158 @@
+"""Validation of the outline prior (usb_prep.fill.prior) on brains other than the benchmark's.
+
+Masks that spill past a skull-stripped brain, as the BraTS inpainting region does: train-split SOOP stroke
+masks of 20-200 ml placed on colin27_brain (MNI) and fsA_norm (FreeSurfer norm.mgz, masks carried by an affine
+registration of MNI152), grown by 5 voxels past the brain, the image voided (0) inside. For each registration
+variant: the mask voxels that are background in the truth, how many the prior calls background (hits) and how
+many brain voxels it wrongly empties, and the in-mask PSNR of a Laplace fill with the outline applied.
+Decides the variant the fill ships (rule in benchmarks/results/training_log.md, written before the first run).
+
+    python benchmarks/studies/prior_outline.py --data ../shared/data --out benchmarks/results/validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from usb_prep.data.splits import list_masks
+from usb_prep.fill import prior
+
+VARIANTS = {"3mm_t0.5": (3.0, False), "3mm_edge": (3.0, True), "2mm_t0.5": (2.0, False), "2mm_edge": (2.0, True)}
+
+
+def laplace(image, mask, iters=400):
+    """A Jacobi harmonic fill (enough for scoring the outline; the benchmark's is exact)."""
+    out = image.copy()
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(mask.astype(int))[0])
+    o, m = out[box], mask[box]
+    o[m] = image[~mask & (image > 0)].mean()
+    for _ in range(iters):
+        avg = sum(np.roll(o, d, a) for a in range(3) for d in (-1, 1)) / 6
+        o[m] = avg[m]
+    out[box] = o
+    return out
+
+
+def brains(data: Path):
+    colin = nib.load(str(data / "healthy/colin27_brain.nii.gz"))
+    fs = nib.load(str(data / "healthy/fsA_norm.mgz"))
+    return {"colin27_brain": colin, "fsA_norm": nib.Nifti1Image(fs.get_fdata(dtype=np.float32), fs.affine)}
+
+
+def mask_mover(name, img):
+    """A function taking a mask image (MNI) onto ``img``'s grid."""
+    from nibabel.processing import resample_from_to
+
+    if name == "colin27_brain":
+        return lambda m: np.asarray(resample_from_to(m, img, order=0).dataobj) > 0.5
+    import ants
+    from nilearn import datasets
+
+    from usb_prep.data.prep import ants_to_nib, nib_to_ants, seeded_registration
+
+    tmpl = datasets.load_mni152_template(resolution=2)
+    bm = datasets.load_mni152_brain_mask(resolution=2)
+    moving = nib_to_ants(nib.Nifti1Image(np.asarray(tmpl.dataobj, np.float32) * (np.asarray(bm.dataobj) > 0),
+                                         tmpl.affine))
+    fixed = nib_to_ants(img)
+    reg = seeded_registration(ants, fixed=fixed, moving=moving, type_of_transform="Affine")
+
+    def move(m):
+        w = ants.apply_transforms(fixed, nib_to_ants(nib.Nifti1Image(np.asarray(m.dataobj, np.float32), m.affine)),
+                                  reg["fwdtransforms"], interpolator="nearestNeighbor")
+        return ants_to_nib(w).get_fdata() > 0.5
+    return move
+
+
+def cases(data: Path, per_brain: int):
+    for name, img in brains(data).items():
+        x = img.get_fdata(dtype=np.float32)
+        brain = x > 0
+        x = x / np.percentile(x[brain], 99.5)
+        move = mask_mover(name, img)
+        n = 0
+        for path in [q for q in list_masks(data / "lesion_masks", "train") if q.parent.name == "soop"]:
+            m = nib.load(str(path))
+            m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
+            lesion = move(m) & brain
+            ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
+            if not 20 <= ml <= 200:
+                continue
+            mask = ndimage.binary_dilation(lesion, iterations=5)
+            spill = mask & ~brain
+            if spill.sum() < 500:
+                continue
+            yield name, path.name, x, mask, img.affine
+            n += 1
+            if n >= per_brain:
+                break
+
+
+def psnr(a, b, m):
+    return float(10 * np.log10(1.0 / np.mean((a[m] - b[m]) ** 2)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="the shared data folder (healthy/, lesion_masks/)")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--per-brain", type=int, default=5)
+    p.add_argument("--fill", choices=["laplace", "usb"], default="laplace",
+                   help="the fill the outline is applied to: a Laplace fill, or usb_prep's (packaged weights, "
+                        "keep_background on, as it ships)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, mname, x, mask, aff in cases(args.data, args.per_brain):
+        truth_bg = mask & (x <= 0)
+        voided = np.where(mask, 0, x).astype(np.float32)
+        if args.fill == "usb":
+            from usb_prep import api
+
+            base = api.fill_array(voided, mask, affine=aff, device="cpu", seed=0)
+        else:
+            base = laplace(voided, mask)
+        row = {"brain": name, "mask": mname, "mask_voxels": int(mask.sum()), "background": int(truth_bg.sum()),
+               "needs_prior": prior.needs_prior(voided, mask), "stripped": prior.skull_stripped(voided, mask),
+               "psnr_none": psnr(base, x, mask)}
+        variants = {k: VARIANTS[k] for k in args.variants}
+        for spacing in sorted({s for s, _ in variants.values()}):
+            pr = prior.register_template(voided, mask, aff, spacing=spacing)
+            for key, (sp, edge) in variants.items():
+                if sp != spacing:
+                    continue
+                thr = prior.edge_threshold(pr, voided, mask) if edge else prior.THRESHOLD
+                out = prior.outside_brain(pr, mask, thr)
+                row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr,
+                            "hits": int((out & truth_bg).sum()), "emptied_brain": int((out & ~truth_bg).sum()),
+                            "psnr": psnr(np.where(out, 0, base), x, mask)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    tag = "" if args.fill == "laplace" else f"_{args.fill}"
+    (args.out / f"prior_outline{tag}.json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Outline prior on validation masks (spilling strokes on colin27_brain and fsA_norm)", "",
+             "Command: `python benchmarks/studies/prior_outline.py --data ../shared/data --out "
+             "benchmarks/results/validation`. Cell: Laplace-fill PSNR in the mask with the outline applied "
+             "(background voxels hit / brain voxels emptied).".replace("Laplace", args.fill), "",
+             "| case | background | none | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
+    for r in rows:
+        lines.append(f"| {r['brain']}/{r['mask']} | {r['background']} | {r['psnr_none']:.2f} | " + " | ".join(
+            f"{r[k]['psnr']:.2f} ({r[k]['hits']}/{r[k]['emptied_brain']})" for k in variants) + " |")
+    mean = {k: np.mean([r[k]["psnr"] for r in rows]) for k in variants}
+    secs = {k: np.mean([r[k]["seconds"] for r in rows]) for k in variants}
+    lines.append(f"| **mean** | | {np.mean([r['psnr_none'] for r in rows]):.2f} | "
+                 + " | ".join(f"**{mean[k]:.2f}** ({secs[k]:.0f} s)" for k in variants) + " |")
+    (args.out / f"prior_outline{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
