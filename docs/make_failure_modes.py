@@ -76,12 +76,28 @@ def files(d: Path) -> dict:
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
     shutil.copy(p["t1.nii.gz"], bids / "sub-01/anat/sub-01_T1w.nii.gz")
     (d / "nobids").mkdir()
+    for name, grid in (("bids_masked", les), ("bids_other", les), ("bids_badgrid", les[:-2])):
+        root = d / name  # a subject with a mask (bids_badgrid: the mask on another grid, so its fill fails)
+        (root / "sub-01/anat").mkdir(parents=True)
+        (root / "dataset_description.json").write_text(json.dumps({"Name": name, "BIDSVersion": "1.10.0"}))
+        shutil.copy(p["t1.nii.gz"], root / "sub-01/anat/sub-01_T1w.nii.gz")
+        nib.save(nib.Nifti1Image(grid, aff), str(root / "sub-01/anat/sub-01_label-lesion_roi.nii.gz"))
+    save("guide_zero.nii.gz", np.zeros_like(img))
+    far = aff.copy()
+    far[0, 3] = 500
+    save("guide_far.nii.gz", img, far)
+    save("guide_shifted.nii.gz", np.roll(img, 3, axis=1))
     return p
 
 
 def cases(d: Path, p: dict):
     q = ["--quiet", "--device", "cpu", "--threads", "1"]
     fill = ["usb-fill", str(p["t1.nii.gz"]), str(p["mask.nii.gz"])]
+
+    def prep(bids, out):
+        return ["usb-prep", str(d / bids), str(d / out), "participant", "-w", str(d / "work2"), "--method",
+                "wmstats", "--nprocs", "1"]
+
     o = ["-o", str(d / "out.nii.gz")]
     return [
         ("image missing", ["usb-fill", str(d / "none.nii.gz"), str(p["mask.nii.gz"]), *o, *q]),
@@ -124,6 +140,13 @@ def cases(d: Path, p: dict):
         ("--guide with a classical method", [*fill, *o, "--method", "wmstats", "--guide", str(p["t1.nii.gz"]), *q]),
         ("--guide on another grid (resampled)", [*fill, "-o", str(d / "o_guide.nii.gz"), "--guide",
                                                  str(p["t1_moved.nii.gz"]), "--contrast", "t1w", *q]),
+        ("--guide empty (all zero)", [*fill, *o, "--guide", str(p["guide_zero.nii.gz"]), "--contrast", "t1w", *q]),
+        ("--guide 500 mm away (no overlap)", [*fill, *o, "--guide", str(p["guide_far.nii.gz"]), "--contrast", "t1w",
+                                              *q]),
+        ("--guide is the unfilled image (left out, said)", [*fill, "-o", str(d / "o_g1.nii.gz"), "--guide",
+                                                            str(p["t1.nii.gz"]), "--contrast", "t1w", *q]),
+        ("--guide shifted 3 voxels (left out, said)", [*fill, "-o", str(d / "o_g2.nii.gz"), "--guide",
+                                                       str(p["guide_shifted.nii.gz"]), "--contrast", "t1w", *q]),
         ("--device cuda without CUDA", [*fill, *o, "--device", "cuda", "--quiet"]),
         ("mask covering the whole brain", ["usb-fill", str(p["t1.nii.gz"]), str(p["whole.nii.gz"]), *o,
                                            "--method", "wmstats", *q]),
@@ -141,6 +164,14 @@ def cases(d: Path, p: dict):
                                  "-w", str(d / "work")]),
         ("usb-prep: nothing to run (no mask)", ["usb-prep", str(d / "bids"), str(d / "deriv"), "participant",
                                                 "-w", str(d / "work")]),
+        ("usb-prep: --filled-dataset is the output folder", [*prep("bids_masked", "deriv2"), "--filled-dataset",
+                                                             str(d / "deriv2")]),
+        ("usb-prep: --filled-dataset inside the work folder", [*prep("bids_masked", "deriv2"), "--filled-dataset",
+                                                               str(d / "work2/fd")]),
+        ("usb-prep: a filled dataset (wmstats)", [*prep("bids_masked", "deriv2"), "--filled-dataset", str(d / "fd")]),
+        ("usb-prep: --filled-dataset written from another input", [*prep("bids_other", "deriv3"), "--filled-dataset",
+                                                                   str(d / "fd")]),
+        ("usb-prep: a subject's fill fails (mask on another grid)", prep("bids_badgrid", "deriv4")),
         ("usb-prep: --downstream ants without --template", ["usb-prep", str(d / "bids"), str(d / "deriv"),
                                                             "participant", "--downstream", "ants"]),
     ]
@@ -155,7 +186,8 @@ def main():
         for what, cmd in cases(d, p):
             r = subprocess.run([str(bindir / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=600)
             text = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip() and not ln.startswith("wrote ")]
-            errs = [ln for ln in text if "error" in ln.lower()]  # click's usage errors: Usage / Try / Error lines
+            text = [ln for ln in text if not ln.startswith(("\t", " ")) and " nipype." not in ln]  # Nipype's log
+            errs = [ln for ln in text if "error" in ln.lower() and "some nodes failed" not in ln]  # click's usage errors: Usage / Try / Error lines
             first = (errs or text or ["(nothing printed)"])[0].replace(tmp, "…").replace("|", "\\|")
             rows.append(f"| {what} | `{cmd[0]}` | {r.returncode} | {len(text)} | {first[:200]} |")
             print(rows[-1], flush=True)
@@ -168,8 +200,12 @@ def main():
              "| case | command | exit | lines | the error line (else the first line) printed |", "|---|---|---|---|---|", *rows, "",
              "Also covered by tests, not by a row here: SIGTERM during a fill (exit 143, no output, no temporary "
              "left), temporaries left by a killed run (removed by the next write), output modes (0666 less the umask), "
-             "usb-prep's rerun after a failed fill (the subject is reported failed, exit 1, its stale outputs removed), "
-             "no network access on import (NIPYPE_NO_ET)."]
+             "usb-prep's rerun after a failed fill (the subject is reported failed, exit 1, its stale outputs removed and "
+             "its fill withdrawn from the filled dataset), a rerun with fewer subjects (their fills kept in the filled "
+             "dataset; one changed since is withdrawn and named), usb-prep's output modes, Ctrl-C (130) and SIGTERM "
+             "(143) ending every worker of usb-prep, a second run on a busy work folder (exit 2), Nipype's SLURM "
+             "plugin without $LOGNAME and a real one-node SLURM run where one is started "
+             "(tests/test_handoff.py), no network access on import (NIPYPE_NO_ET)."]
     (HERE / "failure-modes.md").write_text("\n".join(lines) + "\n")
 
 

@@ -236,3 +236,101 @@ def test_a_contrast_may_have_its_own_refiner(contrast_weights, tmp_path):
     (w / man["contrast_refiners"]["flair"]["file"]).write_bytes(b"corrupt")
     with pytest.raises(WeightsError, match="checksum"):
         load_model(w, "fill_flair")
+
+
+# --- the contrast from the image, when the name and sidecar are silent (issue 42) --------------------------
+def _between_bands(x, brain):
+    """``x`` with its grey matter moved until its tissue levels lie between the FLAIR and T1w bands."""
+    from usb_prep.data.contrast import remap, tissue_levels
+    from usb_prep.tissue import guess_contrast
+
+    csf, gm, wm = tissue_levels(x[brain])
+    for g in np.linspace(0.55, 0.8, 26):
+        y = remap(x, np.array([0, csf, gm, wm, 1.2]), np.array([0.2, 0.2, g, 1.0, 1.03]))
+        found, evidence = guess_contrast(y, None, (2.0, 2.0, 2.0))
+        if found is None and "between" in evidence.get("reason", ""):
+            return y
+    raise AssertionError("no grey-matter level put the tissue levels between the bands")
+
+
+@pytest.fixture(scope="module")
+def mni_scans(tmp_path_factory):
+    """nilearn's MNI152 (2 mm) as a T1w, and the same brain mapped to T2w, FLAIR and to tissue levels between the
+    contrasts (ambiguous), under names that tell nothing; a mask in the white matter."""
+    from nilearn import datasets
+
+    d = tmp_path_factory.mktemp("mni")
+    t = datasets.load_mni152_template(resolution=2)
+    x = np.asarray(t.dataobj, np.float32)
+    x = x / np.percentile(x[x > 0], 99.5)
+    brain = x > 0
+    mask = np.zeros(x.shape, np.uint8)
+    mask[30:36, 55:62, 42:48] = 1
+    scans = {"t1w": x, "t2w": synthesise(x, brain, "t2w", np.random.default_rng(0)),
+             "flair": synthesise(x, brain, "flair", np.random.default_rng(0)),
+             "ambiguous": _between_bands(x, brain)}
+    out = {}
+    for name, data in scans.items():
+        out[name] = d / f"patient1_{name[:2]}x.nii.gz"
+        nib.save(nib.Nifti1Image((data * 1000).astype(np.float32), t.affine), str(out[name]))
+    nib.save(nib.Nifti1Image(mask, t.affine), str(d / "mask.nii.gz"))
+    out["mask"] = d / "mask.nii.gz"
+    out["dir"] = d
+    return out
+
+
+@pytest.mark.parametrize("contrast", ["t1w", "t2w", "flair"])
+def test_contrast_is_read_from_the_image_when_the_name_is_silent(mni_scans, contrast):
+    from usb_prep.api import fill_lesion
+    from usb_prep.io import image_contrast
+
+    assert image_contrast(mni_scans[contrast]) is None  # the name tells nothing
+    res = fill_lesion(mni_scans[contrast], mni_scans["mask"], contrast="auto", method="wmstats")
+    assert res.settings["contrast"] == contrast and res.settings["contrast_source"] == "image"
+    assert any(m.startswith(f"contrast {contrast} told by the image") for m in res.messages), res.messages
+
+
+def test_usb_fill_on_a_t1w_named_anything(mni_scans, tiny_weights, tmp_path):
+    for name in ("mprage.nii.gz", "t1_mprage.nii.gz", "T1_N4_noneck_x_regtoMNI.nii.gz"):
+        scan = tmp_path / name
+        scan.write_bytes(mni_scans["t1w"].read_bytes())
+        out = tmp_path / f"o_{name}"
+        r = CliRunner().invoke(main, [str(scan), str(mni_scans["mask"]), "-o", str(out), "--weights", tiny_weights,
+                                      *COMMON])
+        assert r.exit_code == 0, r.output
+        side = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+        assert side["contrast"] == "t1w" and side["contrast_source"] == "image"
+        assert "told by the image" in r.output
+
+
+def test_told_contrast_the_image_contradicts_is_warned(mni_scans, tmp_path):
+    flair_as_t1w = tmp_path / "sub-01_T1w.nii.gz"
+    flair_as_t1w.write_bytes(mni_scans["flair"].read_bytes())
+    from usb_prep.api import fill_lesion
+
+    res = fill_lesion(flair_as_t1w, mni_scans["mask"], contrast="auto", method="wmstats")
+    assert res.settings["contrast"] == "t1w" and res.settings["contrast_source"] == "name"
+    warn = [m for m in res.messages if m.startswith("warning:")]
+    assert warn and "flair" in warn[0] and "t1w" in warn[0] and "name" in warn[0], res.messages
+    res = fill_lesion(mni_scans["t1w"], mni_scans["mask"], contrast="flair", method="wmstats")
+    assert res.settings["contrast_source"] == "option"
+    assert any(m.startswith("warning:") and "looks like t1w" in m for m in res.messages), res.messages
+    res = fill_lesion(mni_scans["t1w"], mni_scans["mask"], contrast="t1w", method="wmstats")
+    assert not any(m.startswith("warning:") for m in res.messages)
+
+
+def test_ambiguous_image_stops_with_exit_2(mni_scans, tiny_weights, tmp_path):
+    out = tmp_path / "o.nii.gz"
+    r = CliRunner().invoke(main, [str(mni_scans["ambiguous"]), str(mni_scans["mask"]), "-o", str(out), "--weights",
+                                  tiny_weights, *COMMON])
+    assert r.exit_code == 2 and "cannot tell the contrast" in r.output and "tissue levels" in r.output, r.output
+    assert not out.exists()
+
+
+def test_lesion_fill_interface_reads_the_contrast_from_the_image(mni_scans, tmp_path, monkeypatch):
+    from usb_prep.interfaces.fill import LesionFill
+
+    monkeypatch.chdir(tmp_path)
+    res = LesionFill(in_file=str(mni_scans["flair"]), mask_file=str(mni_scans["mask"]), method="wmstats").run()
+    settings = json.loads(open(res.outputs.out_settings).read())
+    assert settings["contrast"] == "flair" and settings["contrast_source"] == "image"

@@ -22,7 +22,8 @@ from .fill.context import FillContext
 from .fill import detect
 from .fill.pipeline import FillParts, run_fill, settings_for
 from .fill.settings import METHODS, FillSettings
-from .io import check_guide, get_data, guide_array, image_contrast, like_input, load_image, mask_array
+from .io import (check_guide, decide_contrast, get_data, guide_array, like_input, load_image, mask_array,
+                 told_contrast)
 from .runtime import resolve_device, threads
 from .generate import (generate_from_mask, generate_from_mask_array, generate_pair, generate_pair_array,
                        grid_affine)
@@ -161,23 +162,15 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
         raise ValueError("a guide contrast serves method 'usb' with a mask only")
     given = {k: v for k, v in overrides.items() if v is not None}
     contrast = str(contrast).lower()
-    if contrast == "auto":  # told by the file name or sidecar; an image that tells nothing fails after its checks
-        contrast = image_contrast(image) if isinstance(image, (str, os.PathLike)) else None
-    role = fill_role(contrast) if contrast else None  # unknown contrasts fail here
-    if mask is None and contrast not in ("t1w", None):
-        raise ValueError(f"mask-free healing (no mask) reads T1w images only; give the lesion mask of this "
-                         f"{contrast} image")
-    if method == "usb":
-        if settings is None:  # unknown names, bad values and combinations fail before any work
-            try:
-                fill_settings_of(weights, given, contrast or "t1w")
-            except WeightsError:  # unusable weights are reported where the model loads, after the inputs
-                FillSettings().replace(**given)
-        elif not isinstance(settings, dict):
-            settings.replace(**given)
-    elif given or settings is not None:
+    told, source = (contrast, "option") if contrast != "auto" else (
+        told_contrast(image) if isinstance(image, (str, os.PathLike)) else (None, None))
+    if told is not None:
+        fill_role(told)  # unknown contrasts fail here
+    if method != "usb" and (given or settings is not None):
         raise ValueError(f"fill settings ({', '.join(sorted(given)) or 'settings'}) apply to method 'usb' only, "
                          f"not {method!r}")
+    if method == "usb" and told is not None:
+        _check_settings(weights, settings, given, told)  # bad names and values fail before reading any image
     t0 = time.perf_counter()
     img = load_image(image, what="image")
     messages: list[str] = []
@@ -186,10 +179,17 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     if mask is not None:
         m = mask_array(load_image(mask, what="mask"), img, resample_mask=resample_mask, messages=messages)
     g = None if guide is None else guide_array(load_image(guide, what="guide image"), img, messages)
+    contrast, source, _ = decide_contrast(told, source, data, m, _voxel_size(img), str(image), messages)
     if contrast is None and (method == "usb" or mask is None):
-        raise ValueError(f"cannot tell the contrast of {image} from its name (BIDS suffix _T1w, _T2w, _FLAIR) or its "
-                         "sidecar: give it (--contrast t1w|t2w|flair)")
-    record = {"method": method, "contrast": contrast, "seed": seed, "mask_kind": mask_kind,
+        raise ValueError(f"cannot tell the contrast of {image}: not from its name (BIDS suffix _T1w, _T2w, _FLAIR), "
+                         "its sidecar or its tissue levels; give it (--contrast t1w|t2w|flair)")
+    role = fill_role(contrast) if contrast else None
+    if mask is None and contrast != "t1w":
+        raise ValueError(f"mask-free healing (no mask) reads T1w images only; give the lesion mask of this "
+                         f"{contrast} image")
+    if method == "usb" and told is None:
+        _check_settings(weights, settings, given, contrast)
+    record = {"method": method, "contrast": contrast, "contrast_source": source, "seed": seed, "mask_kind": mask_kind,
               "usb_prep_version": __version__,
               "torch_version": torch.__version__, "mask_given": mask is not None,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -244,6 +244,18 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
     record["mask_voxels"] = int(m.sum())
     out_img = like_input(filled.astype(np.float64) * scale + offset, img, where=m)
     return FillResult(out_img, _mask_img(m, img), record, messages)
+
+
+def _check_settings(weights, settings, given: dict, contrast: str) -> None:
+    """Fill settings checked against the weights' own for ``contrast`` (unknown names, bad values and
+    combinations fail before any work)."""
+    if settings is None:
+        try:
+            fill_settings_of(weights, given, contrast)
+        except WeightsError:  # unusable weights are reported where the model loads, after the inputs
+            FillSettings().replace(**given)
+    elif not isinstance(settings, dict):
+        settings.replace(**given)
 
 
 def _mask_img(m: np.ndarray, ref):

@@ -28,45 +28,9 @@ from scipy import ndimage
 from .fill.patchmatch import CONN26 as _CONN26
 from .fill.patchmatch import fill_nlm, fill_patch
 from .fill.patchmatch import prepare as _prepare
+from .tissue import kmeans_1d
 
 __all__ = ["fill_image", "fill_nlm", "fill_patch", "fill_wmstats", "kmeans_1d"]
-
-
-def kmeans_1d(values: np.ndarray, n_classes: int = 3, n_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic 1-D k-means (Lloyd), initialised at evenly spaced quantiles.
-
-    Parameters
-    ----------
-    values : ndarray
-        1-D sample.
-    n_classes : int
-        Number of clusters.
-    n_iter : int
-        Maximum Lloyd iterations.
-
-    Returns
-    -------
-    centres : ndarray, shape (k,)
-        Cluster means sorted ascending (empty clusters are dropped, so k may be
-        smaller than ``n_classes``).
-    labels : ndarray of int
-        Index into ``centres`` for every value.
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    q = (np.arange(n_classes) + 0.5) / n_classes
-    centres = np.unique(np.quantile(v, q))
-    for _ in range(n_iter):
-        # 1-D: nearest centre = bin by midpoints between sorted centres.
-        labels = np.searchsorted((centres[1:] + centres[:-1]) / 2, v)
-        counts = np.bincount(labels, minlength=centres.size)
-        sums = np.bincount(labels, weights=v, minlength=centres.size)
-        keep = counts > 0
-        new = sums[keep] / counts[keep]
-        if new.size == centres.size and np.allclose(new, centres, rtol=0, atol=1e-12):
-            break
-        centres = np.sort(new)
-    labels = np.searchsorted((centres[1:] + centres[:-1]) / 2, v)
-    return centres, labels
 
 
 def fill_wmstats(

@@ -51,24 +51,54 @@ def image_contrast(path: str | os.PathLike) -> str | None:
     """The contrast (t1w, t2w, flair) a file name tells (its BIDS suffix: ``sub-1_FLAIR.nii.gz``; ``T1w.nii.gz``;
     FreeSurfer's ``orig.mgz``), else its JSON sidecar's ``SeriesDescription`` or ``ProtocolName``; ``None``
     when neither does."""
+    return told_contrast(path)[0]
+
+
+def told_contrast(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """:func:`image_contrast` and what told it: ``"name"``, ``"sidecar"`` or None."""
     import re
 
     stem = strip_suffix(path).name.lower()
     found = NAME_CONTRAST.get(stem.rsplit("_", 1)[-1])
     if found:
-        return found
+        return found, "name"
     side = sidecar_path(path)
     if side.is_file():
         try:
             meta = json.loads(side.read_text())
         except (OSError, ValueError):
-            return None
+            return None, None
         for key in ("SeriesDescription", "ProtocolName"):
             words = re.split(r"[^a-z0-9]+", str(meta.get(key, "")).lower())
             for word, contrast in SIDECAR_WORDS:
                 if any(w in (word, word + "w") or len(word) > 2 and word in w for w in words):
-                    return contrast
-    return None
+                    return contrast, "sidecar"
+    return None, None
+
+
+def decide_contrast(told: str | None, source: str | None, data: np.ndarray, mask: np.ndarray | None, zooms,
+                    name: str, messages: list) -> tuple[str | None, str | None, dict]:
+    """The contrast a fill uses, what decided it (``option``, ``name``, ``sidecar``, ``image``) and the image's
+    evidence. A told contrast stands (a warning in ``messages`` when the image clearly says another); else the
+    image's tissue order (:func:`usb_prep.tissue.guess_contrast`) decides, with a note; None when nothing tells."""
+    from .tissue import guess_contrast
+
+    x = np.asarray(data, np.float32)
+    m = None if mask is None else np.asarray(mask, bool)
+    step = 2 if x.size > 4_000_000 else 1  # every other voxel is plenty for three levels
+    if step > 1:
+        x, m = x[::2, ::2, ::2], None if m is None else m[::2, ::2, ::2]
+    x = x - min(float(np.percentile(x, 1)), 0.0)  # z-scored / shifted images: background to 0
+    guess, evidence = guess_contrast(x, m, tuple(float(z) * step for z in zooms))
+    if told is None:
+        if guess is not None:
+            messages.append(f"contrast {guess} told by the image ({evidence['reason']}); the file name and sidecar "
+                            f"do not say (--contrast to set it)")
+        return guess, ("image" if guess else None), evidence
+    if guess is not None and guess != told:
+        messages.append(f"warning: {name} looks like {guess} ({evidence['reason']}), but its {source} says {told}: "
+                        f"filled as {told} (check --contrast)")
+    return told, source, evidence
 
 
 def load_image(image, *, what: str = "image") -> nib.spatialimages.SpatialImage:

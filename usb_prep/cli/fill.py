@@ -66,7 +66,7 @@ def _write(result, out: Path, overwrite: bool, extra: dict):
     side = sidecar_path(out)
     write_sidecar(side, {**result.settings, **extra, "messages": result.messages}, overwrite=overwrite)
     for msg in result.messages:
-        click.echo(f"note: {msg}", err=True)
+        click.echo(msg if msg.startswith("warning: ") else f"note: {msg}", err=True)
     click.echo(f"wrote {out}")
     click.echo(f"wrote {side}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CONTRASTS = ("t1w", "t2w", "flair")
+from ..tissue import CONTRASTS  # noqa: F401 -- the one list of contrast names
 #: Target tissue levels relative to WM = 1, drawn uniformly: CSF, GM, and the brightest T1w tissue
 #: (above WM: vessels, fat at the brain's edge).
 LEVELS = {
@@ -31,8 +31,8 @@ def parse_contrasts(spec: str) -> tuple[str, ...]:
 
 def tissue_levels(values: np.ndarray) -> np.ndarray:
     """CSF, GM and WM levels (ascending) of a T1w brain's voxel values (> 0): the 1-D k-means of
-    :func:`usb_prep.classical.kmeans_1d`, 3 classes (a class it drops as empty repeats the top level)."""
-    from ..classical import kmeans_1d
+    :func:`usb_prep.tissue.kmeans_1d`, 3 classes (a class it drops as empty repeats the top level)."""
+    from ..tissue import kmeans_1d
 
     v = np.asarray(values, np.float64).ravel()
     centres, _ = kmeans_1d(v[v > 0], 3)
