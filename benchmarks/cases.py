@@ -231,7 +231,7 @@ def niftyseg_fill(image, mask, affine, cap_s: float = 600, threads: int = 2):
 # ----------------------------------------------------------------------------- metrics
 def tissue_classes(truth, brain):
     """Three intensity classes (CSF / GM / WM) of the truth brain: the k-means thresholds."""
-    from usb_prep.classical import kmeans_1d
+    from usb_prep.tissue import kmeans_1d
 
     centres, _ = kmeans_1d(truth[brain], 3)
     c = np.sort(centres)

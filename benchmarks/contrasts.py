@@ -142,7 +142,7 @@ def sweep(cases, weights, given, out_path: Path, cmd: str):
 
 def main(argv=None):
     from usb_prep import api
-    from usb_prep.classical import fill_patch
+    from usb_prep.fill.fillers import fill_patch
     from usb_prep.weights import fill_role, load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

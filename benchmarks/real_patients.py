@@ -56,7 +56,7 @@ LABELS = {"niftyseg": "NiftySeg", "laplace": "Laplace", "patch": "patch (ours)",
 def neighbourhood(image, mask, contrast):
     """(sorted class centres, the WM class index, the NAWM ring) around the lesions."""
     from usb_prep import crops
-    from usb_prep.classical import kmeans_1d
+    from usb_prep.tissue import kmeans_1d
 
     box = crops.bbox(mask, 15)
     known = np.zeros(mask.shape, bool)
@@ -88,7 +88,7 @@ def fill_all(path: Path, mask_path: Path, img, mimg, data, mask, cap: float, thr
     import torch
 
     from usb_prep import api
-    from usb_prep.classical import fill_image
+    from usb_prep.fill.fillers import fill_image
 
     torch.set_num_threads(threads)
     out = {}

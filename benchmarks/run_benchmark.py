@@ -148,7 +148,7 @@ def fill_case(model, c: Case, args, thresholds, log, downstream=None, compare=No
     """Fill one case by every method and score it; ``downstream``: a callable image -> effect dict, run on each
     method's output (and the unfilled input), or None; ``compare``: a second fill model (``--compare``), scored
     only."""
-    from usb_prep.classical import fill_patch
+    from usb_prep.fill.fillers import fill_patch
 
     res, outs = {}, {"unfilled": c.image}
     parts, sec, cpu = run_usb(model, c, args.threads)

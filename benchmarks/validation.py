@@ -57,7 +57,7 @@ def spilled(c, n: int, voided: bool):
 
 def main(argv=None):
     from usb_prep import api
-    from usb_prep.classical import fill_patch
+    from usb_prep.fill.fillers import fill_patch
     from usb_prep.weights import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from usb_prep.fill.settings import METHODS, FillSettings
+from usb_prep.fill.settings import CONTRASTS, METHODS, FillSettings
 
 from ._common import optional
 
@@ -59,9 +59,9 @@ def _setting_traits() -> dict:
 class _LesionFillBaseSpec(_ModelInputSpec):
     in_file = File(exists=True, mandatory=True, desc="T1w, T2w or FLAIR image to fill")
     mask_file = File(exists=True, desc="mask, 1 = lesion/artifact to fill (omit: mask-free healing, T1w only)")
-    contrast = traits.Enum("auto", "t1w", "t2w", "flair", usedefault=True,
-                           desc="in_file's contrast; auto: from its BIDS suffix or JSON sidecar (an error when neither "
-                                "tells)")
+    contrast = traits.Enum("auto", *CONTRASTS, usedefault=True,
+                           desc="in_file's contrast; auto: from its BIDS suffix, its JSON sidecar, else its tissue "
+                                "levels (an error when none tells)")
     guide_file = File(exists=True, desc="another contrast of the subject, its lesion already filled (e.g. the filled "
                                         "T1w for a FLAIR), aligned with in_file: the patch fills match it too (usb "
                                         "only)")

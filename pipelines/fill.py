@@ -68,10 +68,10 @@ def init_lesion_fill_wf(
         JSON with all settings (weights sha256 included) and notes.
     """
     from usb_prep.interfaces.fill import LesionFill
-    from usb_prep.weights import fill_settings_of
+    from usb_prep.weights import check_fill_settings
 
-    if method == "usb":  # the settings that will run: bad values and combinations fail here, not in the node
-        fill_settings_of(weights, fill_settings, "t1w" if contrast == "auto" else contrast)
+    if method == "usb":  # the settings that may run: bad values and combinations fail here, not in the node
+        check_fill_settings(weights, fill_settings, contrast)
 
     wf = pe.Workflow(name=name)
     inputnode, outputnode = io_nodes(inputs=("guide_file",))

@@ -277,9 +277,9 @@ def test_patch_weight_averages_model_and_classical_fills():
     assert np.allclose(half[m], 0.5 * alone[m] + 0.5 * classic[m], atol=1e-6)
     assert np.array_equal(half[~m], v[~m])
     assert not np.allclose(alone[m], classic[m])
-    assert api.FillSettings().patch_weight == 0.0
+    assert api.FillSettings.model_only().patch_weight == 0.0
     assert np.array_equal(api.fill_array(v, m, stages=("model",), **kw), alone)  # stage selection, not weights
-    nlm = fill_nlm(v, m, brain=v > 0, guide=alone)  # guided by the model's fill
+    nlm = fill_nlm(v, m, brain=v > 0, guide=alone, search=15)  # guided by the model's fill
     assert np.allclose(api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, **kw)[m], nlm[m], atol=1e-6)
     mix = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.5, **kw)
     assert np.allclose(mix[m], 0.3 * alone[m] + 0.2 * classic[m] + 0.5 * nlm[m], atol=1e-5)
@@ -287,25 +287,25 @@ def test_patch_weight_averages_model_and_classical_fills():
     with pytest.raises(ValueError, match=r"patch_weight \+ nlm_weight"):
         api.fill_array(v, m, patch_weight=0.6, nlm_weight=0.6, **kw)
     # nlm_passes: the second pass is guided by the first pass's fill; nlm_coarse: the first by a coarse fill too
-    opts = api.FillSettings()
+    opts = api.FillSettings.model_only()
     assert (opts.nlm_passes, opts.nlm_coarse, opts.smooth) == (1, False, 0.0)
     first = v.copy()
-    first[m] = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=alone)[m]
-    second = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=first)[m]
+    first[m] = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=alone, search=15)[m]
+    second = 0.2 * classic[m] + 0.8 * fill_nlm(v, m, brain=v > 0, guide=first, search=15)[m]
     two = api.fill_array(v, m, patch_weight=0.2, nlm_weight=0.8, nlm_passes=2, **kw)
     assert np.allclose(two[m], second, atol=1e-5) and not np.allclose(two[m], first[m], atol=1e-3)
     assert np.array_equal(two[~m], v[~m])
-    guide = 0.5 * alone + 0.5 * coarse_guide(v, m, brain=v > 0)
+    guide = 0.5 * alone + 0.5 * coarse_guide(v, m, brain=v > 0, search=15)
     coarse = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_coarse=True, **kw)
-    assert np.allclose(coarse[m], fill_nlm(v, m, brain=v > 0, guide=guide)[m], atol=1e-5)
+    assert np.allclose(coarse[m], fill_nlm(v, m, brain=v > 0, guide=guide, search=15)[m], atol=1e-5)
     # nlm_mirror: candidates also from the brain mirrored across the midline (the affine's L-R axis)
-    assert api.FillSettings().nlm_mirror is False
+    assert api.FillSettings.model_only().nlm_mirror is False
     mirrored = mirror_lr(v, aff, exclude=m)
     mir = api.fill_array(v, m, patch_weight=0.0, nlm_weight=1.0, nlm_mirror=True, **kw)
-    assert np.allclose(mir[m], fill_nlm(v, m, brain=v > 0, guide=alone, extra=mirrored)[m], atol=1e-5)
+    assert np.allclose(mir[m], fill_nlm(v, m, brain=v > 0, guide=alone, extra=mirrored, search=15)[m], atol=1e-5)
     assert not np.allclose(mir[m], nlm[m], atol=1e-3) and np.array_equal(mir[~m], v[~m])
     # patch_mirror: the patch fill's candidates too (each mirror setting acts on its own fill only)
-    assert api.FillSettings().patch_mirror is False
+    assert api.FillSettings.model_only().patch_mirror is False
     pmir = api.fill_array(v, m, patch_weight=0.5, nlm_weight=0.5, patch_mirror=True, **kw)
     classic_mir = fill_patch(v, m, np.random.default_rng(3), brain=v > 0, extra=mirrored)
     assert np.allclose(pmir[m], 0.5 * classic_mir[m] + 0.5 * nlm[m], atol=1e-5)
@@ -371,10 +371,10 @@ def test_stages_share_one_protocol_and_run_alone():
     ctx = FillContext(img, mask)
     parts = SimpleNamespace(model=np.where(mask, 1.0, img).astype(np.float32), patch=np.where(mask, 0.2, img),
                             nlm=np.where(mask, 0.4, img))
-    out = blend_stage(ctx, parts, FillSettings(patch_weight=0.25, nlm_weight=0.5))
+    out = blend_stage(ctx, parts, FillSettings.model_only(patch_weight=0.25, nlm_weight=0.5))
     assert out.shape == img.shape and np.array_equal(out[~mask], img[~mask])
     assert np.allclose(out[mask], 0.25 * 1.0 + 0.25 * 0.2 + 0.5 * 0.4)
-    patch = patch_stage(ctx, parts, FillSettings())  # copies the known tissue (all 0.5) inwards
+    patch = patch_stage(ctx, parts, FillSettings.model_only())  # copies the known tissue (all 0.5) inwards
     assert np.array_equal(patch[~mask], img[~mask]) and np.allclose(patch[mask], 0.5)
 
 
@@ -433,7 +433,7 @@ def test_ring_treats_the_masks_surroundings_as_unknown_and_writes_only_the_mask(
 def test_fill_settings_validate_every_value():
     from usb_prep.fill.settings import FillSettings
 
-    s = FillSettings()
+    s = FillSettings.model_only()
     assert s.replace(steps=None) is s and s.replace(steps=3).steps == 3
     for bad in ({"steps": 0}, {"samples": 0}, {"margin": -1}, {"nlm_passes": 9}, {"smooth": -1.0},
                 {"patch_weight": 1.5}, {"refine": "yes"}, {"steps": 2.5}, {"t_start": -1}, {"nlm_search": 8},

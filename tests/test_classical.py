@@ -1,12 +1,15 @@
-"""Tests of the classical lesion fillers on small synthetic volumes."""
+"""Tests of the fillers without a model on small synthetic volumes."""
+import functools
+
 import nibabel as nib
 import numpy as np
 import pytest
 
-from usb_prep.classical import fill_image, fill_wmstats, kmeans_1d
+from usb_prep.fill.fillers import fill_image, fill_wmstats
+from usb_prep.tissue import kmeans_1d
 from usb_prep.fill.patchmatch import coarse_guide, fill_nlm, fill_patch
 
-FILLERS = [fill_wmstats, fill_patch, fill_nlm]
+FILLERS = [fill_wmstats, fill_patch, functools.partial(fill_nlm, search=11)]
 
 
 def two_tissue(shape=(24, 24, 24), seed=0):
@@ -170,7 +173,7 @@ def test_patch_extra_source_copies_the_mirror():
     err = [np.abs(fill_patch(inp, hole, np.random.default_rng(0), tol=0.0, extra=e)[hole] - img[hole]).mean()
            for e in (mir, None)]
     assert err[0] < 1e-5 < 0.1 < err[1]
-    out = fill_nlm(inp, hole, extra=mir)
+    out = fill_nlm(inp, hole, extra=mir, search=15)
     assert np.array_equal(out[~hole], inp[~hole])
     with pytest.raises(ValueError):
         fill_patch(inp, hole, np.random.default_rng(0), extra=mir[:-1])
@@ -186,7 +189,7 @@ def test_coarse_guide_layout_and_alignment():
         hole = np.zeros(truth.shape, bool)
         hole[8:32, 8:32, 8:32] = True
         img = np.where(hole, 0, truth).astype(np.float32)
-        g = coarse_guide(img, hole)
+        g = coarse_guide(img, hole, search=15)
         assert np.array_equal(g[~hole], img[~hole])
         assert np.abs(g[hole] - truth[hole]).mean() < 0.05
         prof = g[12:30, 20, 20] - 0.55  # antisymmetric about the boundary b - 0.5
@@ -230,7 +233,7 @@ def test_fill_image_keeps_header_and_dtype(method):
         fill_image(nimg, nib.Nifti1Image(mask.astype(np.uint8), aff), method="nope")
 
 
-@pytest.mark.parametrize("filler", [fill_patch, fill_nlm])
+@pytest.mark.parametrize("filler", [fill_patch, functools.partial(fill_nlm, search=11)])
 def test_background_is_no_context(filler):
     """A large mask touching the background and a voided region (zeros inside the head, as in the BraTS
     inpainting input) is filled from tissue: with ``brain`` given, no filled voxel takes the zeros' values.

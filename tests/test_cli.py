@@ -109,7 +109,7 @@ def test_usb_fill_missing_weights_exit_code(lesion_case, tmp_path, monkeypatch):
     assert not out.exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("usb_prep.classical") is None, reason="usb_prep.classical not present")
+@pytest.mark.skipif(importlib.util.find_spec("usb_prep.fill.fillers") is None, reason="usb_prep.fill.fillers not present")
 @pytest.mark.parametrize("method", ["wmstats", "nlm"])
 def test_usb_fill_without_model(lesion_case, tmp_path, method):
     out = tmp_path / "wm.nii.gz"
@@ -216,3 +216,49 @@ def test_run_demo_returns_numbers(tiny_weights, tmp_path):
         assert np.isfinite(res[key]), key
     assert 0 <= res["mae"] <= 1
     assert any("PSNR" in ln for ln in lines)
+
+
+def test_demo_passes_every_fill_option(tiny_weights, tmp_path):
+    """usb-fill --demo runs with the fill options given on the command line (it used to keep only --steps)."""
+    pytest.importorskip("nilearn")
+    import json
+
+    r = CliRunner().invoke(main, ["--demo", str(tmp_path / "d"), "--weights", tiny_weights, "--steps", "1",
+                                  "--device", "cpu", "--threads", "1", "--quiet", "--margin", "1",
+                                  "--patch-weight", "0.3", "--no-keep-background"])
+    assert r.exit_code == 0, r.output
+    side = json.loads(next((tmp_path / "d").glob("*.json")).read_text())
+    assert (side["steps"], side["margin"], side["patch_weight"], side["keep_background"]) == (1, 1, 0.3, False)
+
+
+def test_method_nlm_runs_with_the_weights_search_window(lesion_case, tmp_path):
+    """--method nlm searches the window the weights' settings name (the packaged 11), not a constant in code."""
+    import json
+
+    from usb_prep.fill.settings import packaged
+
+    out = tmp_path / "o.nii.gz"
+    r = CliRunner().invoke(main, [str(lesion_case["t1w"]), str(lesion_case["mask"]), "-o", str(out), "--method",
+                                  "nlm", "--quiet", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o.json").read_text())["nlm_search"] == packaged().nlm_search == 11
+
+
+def test_front_ends_check_settings_against_the_contrast_that_runs(tmp_path, contrast_weights):
+    """init_lesion_fill_wf with contrast 'auto' checks the settings for every contrast the weights fill; the BIDS
+    app refuses fill settings with a method other than usb before any subject."""
+    from usb_prep.cli.bids_app import EXIT_USAGE
+    from usb_prep.cli.bids_app import main as prep_main
+    from usb_prep.pipelines import init_lesion_fill_wf
+
+    # the FLAIR block of contrast_weights has patch_weight 0.5: nlm_weight 0.6 suits T1w (patch 0) but not FLAIR
+    init_lesion_fill_wf(weights=contrast_weights, fill_settings={"nlm_weight": 0.6}, contrast="t1w")
+    with pytest.raises(ValueError, match="flair"):
+        init_lesion_fill_wf(weights=contrast_weights, fill_settings={"nlm_weight": 0.6}, contrast="auto")
+    bids = tmp_path / "bids"
+    (bids / "sub-01/anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    args = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"), "--method", "wmstats",
+            "--margin", "1"]
+    assert prep_main(args) == EXIT_USAGE
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()

@@ -35,17 +35,17 @@ def test_patch_engine_matches_the_guide_contrast():
     """Deep in a cube 20 voxels wide the image's own patches see nothing: the other contrast's stripes tell
     which tissue goes where; without it the nlm fill blurs them."""
     t1, flair, mask = _stripes()
-    plain = fill_nlm(flair, mask)
-    guided = fill_nlm(flair, mask, aux=t1, aux_weight=1.0)
+    plain = fill_nlm(flair, mask, search=15)
+    guided = fill_nlm(flair, mask, aux=t1, aux_weight=1.0, search=15)
     assert _rmse(guided, flair, mask) < 0.5 * _rmse(plain, flair, mask)
     assert np.array_equal(guided[~mask], flair[~mask])
     # with a second source of candidates (the mirror) the guide needs its mirrored twin
     mirrored, t1_mirrored = flair[::-1].copy(), t1[::-1].copy()
     mirrored[mask[::-1]] = 0
-    both = fill_nlm(flair, mask, extra=mirrored, aux=t1, aux_extra=t1_mirrored)
+    both = fill_nlm(flair, mask, extra=mirrored, aux=t1, aux_extra=t1_mirrored, search=15)
     assert _rmse(both, flair, mask) < 0.5 * _rmse(plain, flair, mask)
     with pytest.raises(ValueError, match="aux_extra"):
-        fill_nlm(flair, mask, extra=mirrored, aux=t1)
+        fill_nlm(flair, mask, extra=mirrored, aux=t1, search=15)
     with pytest.raises(ValueError, match="aux has shape"):
         fill_patch(flair, mask, np.random.default_rng(0), aux=t1[1:])
 

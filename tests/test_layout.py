@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import usb_prep
 
 ROOT = Path(usb_prep.__file__).resolve().parent
@@ -72,3 +74,31 @@ def test_core_imports_no_nipype_or_click():
             "print(bad)\nsys.exit(1 if bad else 0)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, f"core imports {r.stdout.strip()} {r.stderr[-500:]}"
+
+
+def test_fillers_and_tissue_classes_live_in_the_core():
+    """The fillers a user can pick live in ``usb_prep.fill.fillers`` and the tissue k-means in ``usb_prep.tissue``;
+    the weights format, the contrast maps and the tissue module pull in neither a filler nor the patch engine."""
+    import importlib.util
+
+    assert importlib.util.find_spec("usb_prep.classical") is None
+    from usb_prep.fill.fillers import FILLERS
+
+    assert set(FILLERS) == {"wmstats", "patch", "nlm"}
+    code = ("import sys, usb_prep.weights, usb_prep.data.contrast, usb_prep.tissue; "
+            "print(sorted(m for m in sys.modules if m.startswith('usb_prep.fill.') and m != 'usb_prep.fill.settings'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_readme_is_a_users_page():
+    """At most 300 lines, no dates (run stories live in docs/benchmarks.md, the model card, the CHANGELOG)."""
+    import re
+
+    readme = ROOT.parent / "README.md"
+    if not readme.exists():
+        pytest.skip("an installed copy without the source tree")
+    text = readme.read_text()
+    assert len(text.splitlines()) <= 300
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), re.findall(r"\b20\d\d-\d\d-\d\d\b", text)
+    assert "docs/benchmarks.md" in text and (ROOT.parent / "docs" / "benchmarks.md").exists()

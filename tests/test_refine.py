@@ -271,13 +271,14 @@ def test_refiner_skips_windows_without_lesion_voxels_same_result(monkeypatch):
 def test_refiner_cases_of_other_contrasts_use_that_contrasts_model_and_blend(tmp_path):
     """contrast "T2w": the T1w brain mapped to T2w (CSF brighter than tissue), the lesion painted bright, the parts
     made by the fill_t2w model, whose blend (patch / nlm / model share) the case records and load_cases uses."""
+    from usb_prep.fill.settings import MODEL_ONLY
     from usb_prep.train.refiner import RefinerConfig, generate, load_cases
 
     brains, masks, _ = _tiny_cohort(tmp_path)
     torch.manual_seed(1)
     m1, m2 = USBModel(preset("tiny")).eval(), USBModel(preset("tiny")).eval()
     weights = save_model(tmp_path / "w2", {"fill": m1, "fill_t2w": m2, "generate": m1},
-                         extra={"contrast_settings": {"t2w": {"patch_weight": 0.4, "nlm_weight": 0.5}}})
+                         extra={"contrast_settings": {"t2w": {**MODEL_ONLY, "patch_weight": 0.4, "nlm_weight": 0.5}}})
     cfg = RefinerConfig(brains=str(brains), masks=str(masks), out=str(tmp_path / "run"), fill_weights=str(weights),
                         cases=2, min_ml=0.05, min_voxels=20, workers=0, contrast="T2w")
     assert generate(cfg) == 2

@@ -132,7 +132,7 @@ def test_overrides_are_checked_against_the_weights_settings(lesion_case, tmp_pat
     from usb_prep.interfaces import LesionFill
     from usb_prep.pipelines import init_lesion_fill_wf
 
-    assert packaged().patch_weight + 0.9 > 1 and FillSettings().replace(nlm_weight=0.9)  # the trap
+    assert packaged().patch_weight + 0.9 > 1 and FillSettings.model_only().replace(nlm_weight=0.9)  # the trap
     r = _fill([lesion_case["t1w"], lesion_case["mask"], "-o", tmp_path / "o.nii.gz", "--quiet", "--nlm-weight", "0.9"])
     assert r.exit_code == 2 and "patch_weight + nlm_weight" in _err_line(r), r.output
     assert not (tmp_path / "o.nii.gz").exists()

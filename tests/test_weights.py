@@ -127,3 +127,30 @@ def test_packaged_default_weights_load(monkeypatch):
         assert not any(p.requires_grad for p in model.parameters())  # frozen: inference builds no autograd graph
         assert len(info["sha256"]) == 64
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_fill_settings_have_one_source():
+    """The dataclass holds no values; the packaged usb.json gives every setting in every block; an incomplete
+    block is refused; weights without a block fill with MODEL_ONLY, which names every setting."""
+    import dataclasses
+    import json
+
+    from usb_prep.fill.settings import MODEL_ONLY, FillSettings, packaged
+    from usb_prep.weights import packaged_weights_dir
+
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(FillSettings))
+    with pytest.raises(TypeError):
+        FillSettings()
+    man = json.loads((packaged_weights_dir() / "usb.json").read_text())
+    names = set(FillSettings.names())
+    for block in [man["fill_settings"], *man["contrast_settings"].values()]:
+        assert set(block) == names
+    assert set(MODEL_ONLY) == names
+    block = dict(man["fill_settings"])
+    del block["keep_background"]
+    with pytest.raises(ValueError, match="missing: keep_background"):
+        FillSettings.from_dict(block)
+    assert packaged().to_dict() == man["fill_settings"]
+    import usb_prep.fill.patchmatch as pm
+
+    assert not hasattr(pm, "NLM_SEARCH")

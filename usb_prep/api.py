@@ -233,12 +233,26 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
                 if parts.background_voxels:
                     messages.append(f"{parts.background_voxels} mask voxels lie outside the head (background here and "
                                     "in the mirror): left as background (keep_background)")
+                if parts.prior is not None:
+                    record["outline_prior_run"] = {**parts.prior, "outline_voxels": parts.outline_voxels}
+                    if parts.prior["used"]:
+                        messages.append(f"the mask reaches past the brain: {parts.outline_voxels} mask voxels that the "
+                                        "registered MNI152 brain puts outside it left as background (outline_prior; "
+                                        f"registration correlation {parts.prior['quality']:.2f}, "
+                                        f"{parts.prior['seconds']:.0f} s)")
+                    else:
+                        messages.append(f"the mask reaches past the brain, but the outline prior was not used: "
+                                        f"{parts.prior.get('note', '')}; filled as without it")
         else:
             if m is None:
                 raise ValueError(f"method {method!r} needs a mask")
-            from . import classical
+            from .fill.fillers import FILLERS
 
-            filled = classical.FILLERS[method](v, m, np.random.default_rng(seed))
+            kw = {}
+            if method == "nlm":  # the weights' search window (the packaged ones': what the benchmark chose)
+                kw["search"] = fill_settings_of(weights, {}, "t1w").nlm_search
+                record["nlm_search"] = kw["search"]
+            filled = FILLERS[method](v, m, np.random.default_rng(seed), **kw)
         record["intensity_scale"], record["intensity_offset"] = scale, offset
     record["seconds"] = round(time.perf_counter() - t0, 2)
     record["mask_voxels"] = int(m.sum())
@@ -253,7 +267,7 @@ def _check_settings(weights, settings, given: dict, contrast: str) -> None:
         try:
             fill_settings_of(weights, given, contrast)
         except WeightsError:  # unusable weights are reported where the model loads, after the inputs
-            FillSettings().replace(**given)
+            FillSettings.model_only().replace(**given)
     elif not isinstance(settings, dict):
         settings.replace(**given)
 

@@ -105,10 +105,11 @@ def _figure(path: Path, healthy, lesioned, filled, mask, *, psnr: float, mae: fl
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def run_demo(out_dir, *, overwrite: bool = False, seed: int = 0, steps: int | None = None, device="auto",
-             weights=None, num_threads: int | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict:
-    """Make the demo case in ``out_dir``, fill it, score it, draw it; returns paths and numbers."""
+def run_demo(out_dir, *, overwrite: bool = False, seed: int = 0, device="auto", weights=None,
+             num_threads: int | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+             **settings) -> dict:
+    """Make the demo case in ``out_dir``, fill it, score it, draw it; returns paths and numbers. ``settings``:
+    fill settings (:class:`usb_prep.fill.FillSettings` fields; None keeps the weights' own)."""
     import nibabel as nib
 
     from .api import fill_lesion
@@ -149,8 +150,8 @@ def run_demo(out_dir, *, overwrite: bool = False, seed: int = 0, steps: int | No
     save_image(_img(mask, np.uint8), paths["mask"], overwrite=overwrite)
     echo(f"demo case: MNI152 1 mm template with a {lesion_ml:.1f} ml painted lesion (right periventricular WM)")
 
-    res = fill_lesion(str(paths["lesion"]), str(paths["mask"]), weights=weights, steps=steps, seed=seed,
-                      device=device, progress=progress, num_threads=num_threads)
+    res = fill_lesion(str(paths["lesion"]), str(paths["mask"]), weights=weights, seed=seed, device=device,
+                      progress=progress, num_threads=num_threads, **settings)
     filled = get_data(res.image).astype(np.float32)
     psnr, mae = _metrics(filled, healthy, mask)
     psnr0, mae0 = _metrics(lesioned, healthy, mask)

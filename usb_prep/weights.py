@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .fill.settings import from_manifest
+from .fill.settings import CONTRASTS, from_manifest
 from .runtime import warn_if_slow
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,26 @@ def fill_settings_of(weights: str | os.PathLike | None = None, overrides: dict |
     except ValueError as e:
         raise WeightsError(f"{folder / MANIFEST}: {e}") from e
     return settings.replace(**(overrides or {}))
+
+
+def fill_contrasts(weights: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The contrasts ``weights`` fill (those with a fill role in their ``usb.json``)."""
+    man = read_manifest(resolve_weights(weights))
+    return tuple(c for c in CONTRASTS if fill_role(c) in man["models"])
+
+
+def check_fill_settings(weights=None, overrides: dict | None = None, contrast: str = "auto") -> None:
+    """:func:`fill_settings_of` for ``contrast``; for ``"auto"`` (told only when the image is read) for every
+    contrast the weights fill, naming the one the settings do not suit."""
+    if contrast != "auto":
+        fill_settings_of(weights, overrides, contrast)
+        return
+    for c in fill_contrasts(weights):
+        try:
+            fill_settings_of(weights, overrides, c)
+        except ValueError as e:
+            raise type(e)(f"{e} (for {c} images: with contrast 'auto' any of {', '.join(fill_contrasts(weights))} "
+                          "may run; give the contrast)") from None
 
 
 def model_or_load(model, weights=None, role: str = "fill", device="cpu"):

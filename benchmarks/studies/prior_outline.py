@@ -24,7 +24,8 @@ from scipy import ndimage
 from usb_prep.data.splits import list_masks
 from usb_prep.fill import prior
 
-VARIANTS = {"3mm_t0.5": (3.0, False), "3mm_edge": (3.0, True), "2mm_t0.5": (2.0, False), "2mm_edge": (2.0, True)}
+VARIANTS = {"3mm_t0.5": (3.0, "level"), "3mm_edge": (3.0, "edge"), "2mm_t0.5": (2.0, "level"),
+            "2mm_edge": (2.0, "edge"), "3mm_offset": (3.0, "offset"), "2mm_offset": (2.0, "offset")}
 
 
 def laplace(image, mask, iters=400):
@@ -108,30 +109,39 @@ def main(argv=None):
                    help="the fill the outline is applied to: a Laplace fill, or usb_prep's (packaged weights, "
                         "keep_background on, as it ships)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder keeping each case's base fill (reruns of other variants skip the fill)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, mname, x, mask, aff in cases(args.data, args.per_brain):
         truth_bg = mask & (x <= 0)
         voided = np.where(mask, 0, x).astype(np.float32)
-        if args.fill == "usb":
+        cached = args.cache / f"{args.fill}_{name}_{mname}.npy" if args.cache else None
+        if cached is not None and cached.exists():
+            base = np.load(cached)
+        elif args.fill == "usb":
             from usb_prep import api
 
-            base = api.fill_array(voided, mask, affine=aff, device="cpu", seed=0)
+            base = api.fill_array(voided, mask, affine=aff, device="cpu", seed=0, outline_prior=False)
         else:
             base = laplace(voided, mask)
+        if cached is not None and not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached, base)
         row = {"brain": name, "mask": mname, "mask_voxels": int(mask.sum()), "background": int(truth_bg.sum()),
                "needs_prior": prior.needs_prior(voided, mask), "stripped": prior.skull_stripped(voided, mask),
                "psnr_none": psnr(base, x, mask)}
         variants = {k: VARIANTS[k] for k in args.variants}
         for spacing in sorted({s for s, _ in variants.values()}):
             pr = prior.register_template(voided, mask, aff, spacing=spacing)
-            for key, (sp, edge) in variants.items():
+            for key, (sp, mode) in variants.items():
                 if sp != spacing:
                     continue
-                thr = prior.edge_threshold(pr, voided, mask) if edge else prior.THRESHOLD
-                out = prior.outside_brain(pr, mask, thr)
-                row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr,
+                thr = prior.edge_threshold(pr, voided, mask) if mode == "edge" else prior.THRESHOLD
+                offset = prior.edge_offset(pr, voided, mask) if mode == "offset" else 0
+                out = prior.outside_brain(pr, mask, thr, offset)
+                row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr, "offset": offset,
                             "hits": int((out & truth_bg).sum()), "emptied_brain": int((out & ~truth_bg).sum()),
                             "psnr": psnr(np.where(out, 0, base), x, mask)}
         rows.append(row)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from usb_prep.fill.settings import METHODS, FillSettings, packaged
+from usb_prep.fill.settings import CONTRASTS, METHODS, FillSettings, packaged
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network (before nipype is imported)
 
@@ -52,7 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "to fill by entity (e.g. {\"t1w\": {\"session\": \"01\", \"acquisition\": null}}); other "
                         "queries are ignored")
     g.add_argument("--skip-bids-validation", action="store_true", help="do not validate the input dataset")
-    g.add_argument("--contrast", nargs="+", choices=["t1w", "t2w", "flair"], default=["t1w"],
+    g.add_argument("--contrast", nargs="+", choices=CONTRASTS, default=["t1w"],
                    help="which anatomical images to fill: their BIDS suffix (_T1w, _T2w, _FLAIR) tells each one's "
                         "contrast, and the weights' model for it fills it; downstream tools run on T1w images only")
     g.add_argument("--no-t1w-guide", dest="t1w_guide", action="store_false",
@@ -401,11 +401,15 @@ def _end_processes(pids, grace: float = 5.0) -> None:
             time.sleep(0.1)
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals():
     """SIGTERM (a scheduler's time limit, ``timeout``) and SIGINT (Ctrl-C) end the whole run: the workers too
-    (left running they would go on filling into the work folder beside a rerun), then exit 143 / 130."""
+    (left running they would go on filling into the work folder beside a rerun), then exit 143 / 130. Returns the
+    handlers it replaced (None off the main thread, where handlers cannot be set)."""
     import signal
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        return None
     main_pid = os.getpid()
 
     def stop(signum, frame):
@@ -419,8 +423,15 @@ def _stop_on_signals() -> None:
               flush=True)
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    return signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
+
+
+def _restore_signals(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def hold_work_dir(work_dir: Path):
@@ -476,7 +487,10 @@ def main(argv=None) -> int:
 
     try:  # before any subject is looked at: a bad setting is a usage error even when nothing would run
         fill = _fill_options(opts)
-        for contrast in opts.contrast if opts.method == "usb" else ["t1w"]:  # weights lacking a contrast fail here
+        if opts.method != "usb" and fill.get("fill_settings"):
+            raise ValueError(f"fill settings ({', '.join(sorted(fill['fill_settings']))}) apply to --method usb "
+                             f"only, not {opts.method}")
+        for contrast in opts.contrast if opts.method == "usb" else []:  # weights lacking a contrast fail here
             fill_settings_of(fill.get("weights"), fill.get("fill_settings", {}), contrast)
         if opts.filled_dataset:
             check_dir(opts.filled_dataset, opts.bids_dir, forbidden=_forbidden(opts))
@@ -497,11 +511,20 @@ def main(argv=None) -> int:
         LOGGER.error("nothing to run")
         return EXIT_SUBJECTS_FAILED
     try:
-        lock = hold_work_dir(Path(opts.work_dir).absolute())  # noqa: F841 -- held until the run ends
+        lock = hold_work_dir(Path(opts.work_dir).absolute())
     except RuntimeError as e:
         LOGGER.error("%s", e)
         return EXIT_USAGE
-    _stop_on_signals()
+    previous = _stop_on_signals()
+    try:
+        return _run(opts, wf, plan)
+    finally:  # the lock and the signal handlers end with the run (main may run in-process, e.g. in tests)
+        lock.close()
+        _restore_signals(previous)
+
+
+def _run(opts, wf, plan: Plan) -> int:
+    """Run the workflow, report each subject, write the filled dataset; the exit code."""
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(opts)
     if opts.write_graph:

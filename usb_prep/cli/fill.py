@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from usb_prep.fill.settings import METHODS, FillSettings, packaged
+from usb_prep.fill.settings import CONTRASTS, METHODS, FillSettings, packaged
 
 EXIT_INPUT = 2  # bad input / usage
 EXIT_FAIL = 1
@@ -92,9 +92,9 @@ def _setting_options(fn):
 @click.option("--method", type=click.Choice(METHODS), default="usb", show_default=True,
               help="usb: the diffusion model; wmstats / patch: classical fillers (FSL/ANTs-like, NiftySeg-like); "
                    "nlm: non-local-means patch fill (no model). Fill settings apply to usb only.")
-@click.option("--contrast", type=click.Choice(["auto", "t1w", "t2w", "flair"], case_sensitive=False), default="auto",
-              show_default=True, help="The image's contrast; auto: from its BIDS suffix (_T1w, _T2w, _FLAIR) or "
-                                      "its JSON sidecar, an error when neither tells.")
+@click.option("--contrast", type=click.Choice(["auto", *CONTRASTS], case_sensitive=False), default="auto",
+              show_default=True, help="The image's contrast; auto: from its BIDS suffix (_T1w, _T2w, _FLAIR), "
+                                      "its JSON sidecar, else its tissue levels (an error only when none tells).")
 @click.option("--guide", type=click.Path(), default=None,
               help="Another contrast of the same subject, its lesion already filled (e.g. the filled T1w when "
                    "filling a FLAIR), aligned with IMAGE (resampled by world coordinates if its grid differs): the "
@@ -127,8 +127,8 @@ def main(image, mask, output, method, contrast, guide, seed, device, weights, th
     if demo_dir:
         from usb_prep.demo import run_demo
 
-        _run(lambda: run_demo(Path(demo_dir), overwrite=overwrite, seed=seed, steps=settings["steps"], device=device,
-                              weights=weights, num_threads=threads, progress=not quiet, echo=click.echo))
+        _run(lambda: run_demo(Path(demo_dir), overwrite=overwrite, seed=seed, device=device, weights=weights,
+                              num_threads=threads, progress=not quiet, echo=click.echo, **settings))
         return
     if not image or not output:
         _fail("IMAGE and -o/--output are required (or --demo DIR); see --help")

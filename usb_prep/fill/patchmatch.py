@@ -13,11 +13,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..crops import bbox
-from .settings import FillSettings
 
 CONN26 = np.ones((3, 3, 3), dtype=bool)
 NLM_K = 16  # candidates the nlm fill averages (chosen on the validation masks, benchmarks/validation.py)
-NLM_SEARCH = FillSettings().nlm_search  # fill_nlm's window when none is given (the fill's stage passes its own)
 
 
 def prepare(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -390,7 +388,7 @@ def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None =
         return out
     if brain is None:
         brain = (out != 0) | mask
-    ctx = (kwargs.get("search", NLM_SEARCH) // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
+    ctx = (kwargs["search"] // 2 + kwargs.get("patch", 5) // 2 + 2) * factor
     sl = bbox(mask, ctx)
     m = mask[sl]
     pad = [(0, -n % factor) for n in m.shape]  # whole blocks; padding counts as unknown, not lesion
@@ -408,9 +406,10 @@ def coarse_guide(image: np.ndarray, mask: np.ndarray, brain: np.ndarray | None =
     return out
 
 
-def fill_nlm(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None, **kwargs) -> np.ndarray:
-    """Non-local-means patch filling: :func:`fill_patch` copying the mean of the ``NLM_K`` best of an
-    ``NLM_SEARCH``^3 search instead of one near-best patch (smoother, lower error; ``rng`` unused)."""
+def fill_nlm(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None, *, search: int,
+             **kwargs) -> np.ndarray:
+    """Non-local-means patch filling: :func:`fill_patch` copying the mean of the ``NLM_K`` best of a
+    ``search``^3 window (the fill setting ``nlm_search``: the caller passes the weights' value) instead of one
+    near-best patch (smoother, lower error; ``rng`` unused)."""
     kwargs.setdefault("k_mean", NLM_K)
-    kwargs.setdefault("search", NLM_SEARCH)
-    return fill_patch(image, mask, rng if rng is not None else np.random.default_rng(0), **kwargs)
+    return fill_patch(image, mask, rng if rng is not None else np.random.default_rng(0), search=search, **kwargs)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..runtime import Progress
+from . import prior
 from .background import outside_head
 from .blend import blend_stage
 from .context import FillContext
@@ -51,6 +52,8 @@ class FillParts:
     mask: np.ndarray | None = None  # the working mask
     rim_voxels: int = 0  # voxels auto_ring added to the working mask (missed rims)
     background_voxels: int = 0  # mask voxels left as background (keep_background: the mask spills out of the head)
+    outline_voxels: int = 0  # mask voxels left as background by the registered template's brain (outline_prior)
+    prior: dict | None = None  # the outline prior's record (registration quality, seconds, used), where it ran
     seconds: dict = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -107,7 +110,25 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
         parts.background_voxels = int(outside.sum())
         if parts.background_voxels:
             parts.final = np.where(outside, given.image, parts.final)
+    if settings.outline_prior and not empty:
+        outline_stage(given, parts, seed=ctx.seed)
     return parts
+
+
+def outline_stage(ctx: FillContext, parts: FillParts, seed: int = 0) -> None:
+    """Where a mask reaches the empty space around a skull-stripped brain (:func:`prior.needs_prior`), its voxels
+    that the registered template puts outside the brain become background (0) in ``parts.final``."""
+    if not (prior.needs_prior(ctx.image, ctx.mask) and prior.skull_stripped(ctx.image, ctx.mask)):
+        return
+    t0 = time.perf_counter()
+    affine = ctx.affine if ctx.affine is not None else np.diag([*ctx.voxel_size, 1.0])
+    registered = prior.register_template(ctx.image, ctx.mask, affine, seed=seed)
+    out = prior.outside_brain(registered, ctx.mask)
+    parts.prior = registered.record()
+    parts.outline_voxels = int(out.sum())
+    if parts.outline_voxels:
+        parts.final = np.where(out, np.float32(0), parts.final)
+    parts.seconds["outline"] = time.perf_counter() - t0
 
 
 def settings_for(model, settings: FillSettings | dict | None = None, **overrides) -> FillSettings:

@@ -142,8 +142,32 @@ def edge_threshold(prior: Prior, image: np.ndarray, mask: np.ndarray, band: int 
     return float(levels[int(np.argmax(agree))])
 
 
-def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """The mask's voxels the registered template puts outside the brain."""
+def edge_offset(prior: Prior, image: np.ndarray, mask: np.ndarray, band: int = 8, reach=(-3, 6)) -> int:
+    """How many voxels the warped brain's surface must move (out > 0, in < 0) to best match the image's own
+    brain edge near the mask: in a band of ``band`` voxels around the mask (the mask grown by
+    :data:`EXCLUDE_GROW` left out), the offset whose brain agrees with the image's (``image > 0``) on the most
+    voxels. A skull strip that keeps more (dura, CSF) or less than the template's brain mask moves it."""
+    near = ndimage.binary_dilation(mask, iterations=band) & ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
+    if near.sum() < 100:
+        return 0
+    sd = signed_distance(prior.brain >= THRESHOLD)
+    own = image[near] > 0
+    offsets = sorted(range(reach[0], reach[1] + 1), key=abs)  # ties: the smallest move
+    agree = [int(((sd[near] <= d) == own).sum()) for d in offsets]
+    return offsets[int(np.argmax(agree))]
+
+
+def signed_distance(inside: np.ndarray) -> np.ndarray:
+    """Voxels from the surface of ``inside``: 1, 2, ... outside; 0 on its outermost layer, -1, -2, ... deeper. So
+    ``signed_distance(b) <= d`` is ``b`` grown by ``d`` voxels (shrunk for ``d < 0``)."""
+    return ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside) + inside
+
+
+def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, offset: int = 0) -> np.ndarray:
+    """The mask's voxels the registered template (its surface moved by ``offset`` voxels) puts outside the
+    brain."""
     if not prior.usable:
         return np.zeros(mask.shape, bool)
-    return mask & (prior.brain < threshold)
+    if offset == 0:
+        return mask & (prior.brain < threshold)
+    return mask & (signed_distance(prior.brain >= threshold) > offset)

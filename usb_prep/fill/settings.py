@@ -15,56 +15,89 @@ from pathlib import Path
 
 from ..config import LEGACY_KEYS
 
+CONTRASTS = ("t1w", "t2w", "flair")  # the image contrasts the fill knows: every front end's choices come from here
 METHODS = ("usb", "wmstats", "patch", "nlm")  # usb: the diffusion model; the rest: classical fillers
 STAGES = ("model", "patch", "nlm", "blend", "refine")  # the fill pipeline's stages, in order
 
 
-def _f(default, help, lo=None, hi=None):
-    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
+def _f(kind, help, lo=None, hi=None):
+    """A setting: its type, help and range. No value: values live in the weights' ``usb.json`` (and, for weights
+    without that block, :data:`MODEL_ONLY`)."""
+    return field(metadata={"kind": kind, "help": help, "min": lo, "max": hi})
 
 
 def _kind(f) -> type:
-    """A field's value type: its default's (bool, int, float); an unset default (``t_start``) is an int."""
-    return int if f.default is None else type(f.default)
+    return f.metadata["kind"]
+
+
+NULLABLE = ("t_start",)  # settings that may be unset (None)
+
+
+#: The settings of weights whose ``usb.json`` has no ``fill_settings`` block (a run of ``usb-train``, converted
+#: authors' weights, models not loaded from weights): the model's own fill, nothing blended. Packaged weights
+#: carry a complete block of their own (the benchmark's choice), which every front end shows and runs.
+MODEL_ONLY = {
+    "steps": 20,
+    "t_start": None,
+    "margin": 2,
+    "ring": 0,
+    "auto_ring": False,
+    "keep_background": True,
+    "outline_prior": False,
+    "samples": 1,
+    "patch_weight": 0.0,
+    "nlm_weight": 0.0,
+    "nlm_search": 15,
+    "nlm_passes": 1,
+    "nlm_coarse": False,
+    "nlm_mirror": False,
+    "patch_mirror": False,
+    "guide_weight": 1.0,
+    "smooth": 0.0,
+    "refine": False,
+}
 
 
 @dataclass(frozen=True)
 class FillSettings:
     """Settings of the default fill (model fill -> patch and nlm fills -> blend -> refiner).
 
-    Weights carry their own values in their ``usb.json`` (the packaged ones the benchmark's choice,
-    :func:`packaged`); those are every front end's defaults. The field defaults here are only the
-    fallback for weights without that block and for models not loaded from weights (:func:`fallback`).
+    The fields hold names, types, ranges and help, no values: weights carry their values in their ``usb.json``
+    (the packaged ones the benchmark's choice, :func:`packaged`), every front end's defaults; weights without
+    that block fill with :data:`MODEL_ONLY` (:func:`fallback`).
     """
 
-    steps: int = _f(20, "sampling steps of the model fill", 1, 1000)
-    t_start: int | None = _f(None, "diffusion step the model fill starts from (unset: the last training step)", 0)
-    margin: int = _f(2, "voxels around the mask also hidden from the model (use 1-2 for tight masks)", 0, 16)
-    ring: int = _f(0, "voxels around the mask every stage treats as unknown (masks that miss a lesion's rim); "
-                      "only the mask's voxels are written", 0, 4)
-    auto_ring: bool = _f(False, "also treat as unknown the first ring of each lesion whose ring looks like the lesion "
+    steps: int = _f(int, "sampling steps of the model fill", 1, 1000)
+    t_start: int | None = _f(int, "diffusion step the model fill starts from (unset: the last training step)", 0)
+    margin: int = _f(int, "voxels around the mask also hidden from the model (use 1-2 for tight masks)", 0, 16)
+    ring: int = _f(int, "voxels around the mask every stage treats as unknown (masks that miss a lesion's rim); "
+                        "only the mask's voxels are written", 0, 4)
+    auto_ring: bool = _f(bool, "also treat as unknown the first ring of each lesion whose ring looks like the lesion "
                                 "(a mask that misses the partial-volume rim); only the mask's voxels are written")
-    keep_background: bool = _f(True, "mask voxels that are background (0) in the image and mirror across the midline "
+    keep_background: bool = _f(bool, "mask voxels that are background (0) in the image and mirror across the midline "
                                      "onto background stay background (a mask that spills out of a skull-stripped "
                                      "brain); off: every mask voxel is filled")
-    samples: int = _f(1, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
-    patch_weight: float = _f(0.0, "share of the classical patch fill in the blend", 0.0, 1.0)
-    nlm_weight: float = _f(0.0, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
-    nlm_search: int = _f(15, "edge of the nlm fill's search window (voxels, odd)", 3, 31)
-    nlm_passes: int = _f(1, "nlm passes, each further one guided by the previous blend", 1, 5)
-    nlm_coarse: bool = _f(False, "guide the first nlm pass with a 2x coarser nlm fill too")
-    nlm_mirror: bool = _f(False, "nlm candidates also from the brain mirrored across the midline")
-    patch_mirror: bool = _f(False, "patch-fill candidates also from the brain mirrored across the midline")
-    guide_weight: float = _f(1.0, "weight of the guide contrast (another contrast of the head, already filled) in "
+    outline_prior: bool = _f(bool, "on a skull-stripped image whose mask reaches the empty space around the brain, "
+                                    "register nilearn's MNI152 brain to the image (antspyx) and keep as background the "
+                                    "mask voxels it puts outside the brain; other masks never run it")
+    samples: int = _f(int, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
+    patch_weight: float = _f(float, "share of the classical patch fill in the blend", 0.0, 1.0)
+    nlm_weight: float = _f(float, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
+    nlm_search: int = _f(int, "edge of the nlm fill's search window (voxels, odd)", 3, 31)
+    nlm_passes: int = _f(int, "nlm passes, each further one guided by the previous blend", 1, 5)
+    nlm_coarse: bool = _f(bool, "guide the first nlm pass with a 2x coarser nlm fill too")
+    nlm_mirror: bool = _f(bool, "nlm candidates also from the brain mirrored across the midline")
+    patch_mirror: bool = _f(bool, "patch-fill candidates also from the brain mirrored across the midline")
+    guide_weight: float = _f(float, "weight of the guide contrast (another contrast of the head, already filled) in "
                                   "the patch and nlm fills' patch distances; used only where a guide is given",
                              0.0, 10.0)
-    smooth: float = _f(0.0, "Gaussian sigma (voxels) smoothing the blend", 0.0, 3.0)
-    refine: bool = _f(False, "run the weights' refiner over the blend (the fill's last stage)")
+    smooth: float = _f(float, "Gaussian sigma (voxels) smoothing the blend", 0.0, 3.0)
+    refine: bool = _f(bool, "run the weights' refiner over the blend (the fill's last stage)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if v is None and f.default is None:
+            if v is None and f.name in NULLABLE:
                 continue
             kind = _kind(f)
             if kind is bool:
@@ -98,10 +131,20 @@ class FillSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FillSettings":
+        """A complete block (every setting named): an unknown or a missing name raises ``ValueError``."""
         unknown = set(d) - set(cls.names())
         if unknown:
             raise ValueError(f"unknown fill settings: {', '.join(sorted(unknown))} (known: {', '.join(cls.names())})")
+        missing = [n for n in cls.names() if n not in d]
+        if missing:
+            raise ValueError(f"a fill settings block must give every setting; missing: {', '.join(missing)} "
+                             "(weights written by bundle() have complete blocks)")
         return cls(**d)
+
+    @classmethod
+    def model_only(cls, **changes) -> "FillSettings":
+        """:data:`MODEL_ONLY`, with ``changes``."""
+        return cls(**{**MODEL_ONLY, **changes})
 
     def replace(self, **changes) -> "FillSettings":
         """A copy with the given settings changed; ``None`` values mean "keep"; unknown names raise."""
@@ -129,9 +172,9 @@ class FillSettings:
 
 
 def fallback(has_refiner: bool) -> FillSettings:
-    """The settings of weights without a ``fill_settings`` block: the field defaults, the refiner on where the
+    """The settings of weights without a ``fill_settings`` block: :data:`MODEL_ONLY`, the refiner on where the
     weights ship one."""
-    return FillSettings(refine=has_refiner)
+    return FillSettings.model_only(refine=has_refiner)
 
 
 def from_manifest(manifest: dict, has_refiner: bool, contrast: str = "t1w") -> FillSettings:

@@ -1,4 +1,4 @@
-"""Classical lesion fillers, the baselines the diffusion filler is compared with.
+"""The fillers a user can pick without a model (``--method wmstats|patch|nlm``).
 
 Three methods, all on plain numpy arrays (mask value 1 = lesion voxel to fill):
 
@@ -25,12 +25,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .fill.patchmatch import CONN26 as _CONN26
-from .fill.patchmatch import fill_nlm, fill_patch
-from .fill.patchmatch import prepare as _prepare
-from .tissue import kmeans_1d
+from ..tissue import kmeans_1d
+from .patchmatch import CONN26 as _CONN26
+from .patchmatch import fill_nlm, fill_patch
+from .patchmatch import prepare as _prepare
 
-__all__ = ["fill_image", "fill_nlm", "fill_patch", "fill_wmstats", "kmeans_1d"]
+__all__ = ["FILLERS", "fill_image", "fill_nlm", "fill_patch", "fill_wmstats"]
 
 
 def fill_wmstats(
@@ -169,6 +169,10 @@ def fill_image(img, mask_img, method: str = "wmstats", seed: int = 0, **kwargs):
         raise ValueError(f"unknown method {method!r}; use one of {sorted(FILLERS)}")
     if method == "wmstats":
         kwargs.setdefault("voxel_size", tuple(float(z) for z in img.header.get_zooms()[:3]))
+    if method == "nlm":
+        from .settings import packaged
+
+        kwargs.setdefault("search", packaged().nlm_search)
     filled = FILLERS[method](data, m, rng, **kwargs)
     dtype = img.get_data_dtype()
     if np.issubdtype(dtype, np.integer):

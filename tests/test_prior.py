@@ -1,0 +1,68 @@
+"""The outline prior (issue 41): a mask that reaches past a skull-stripped brain keeps the registered template's
+background; masks inside the brain never run it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from usb_prep import api
+from usb_prep.fill import prior
+
+pytest.importorskip("ants")
+
+
+@pytest.fixture(scope="module")
+def stripped_brain():
+    """A skull-stripped brain that is not the template itself: MNI152 (2 mm) shifted by 4 mm and scaled, brain
+    only, normalised; a spherical mask at its right surface, half of it outside the brain, voided (0)."""
+    from nilearn import datasets
+    from scipy import ndimage
+
+    t = datasets.load_mni152_template(resolution=2)
+    b = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0.5
+    x = np.asarray(t.dataobj, np.float32) * b
+    x = ndimage.shift(ndimage.zoom(x, 1.05, order=1)[:99, :117, :95], (2, -1, 0), order=1)
+    x = np.where(x > 0.05 * x.max(), x, 0).astype(np.float32)
+    x /= np.percentile(x[x > 0], 99.5)
+    brain = x > 0
+    ii, jj, kk = np.indices(x.shape)
+    edge_i = np.nonzero(brain[:, 60, 50])[0].min()  # the brain's surface on one left-right line
+    mask = (ii - edge_i) ** 2 + (jj - 60) ** 2 + (kk - 50) ** 2 <= 8 ** 2
+    deep = (ii - 50) ** 2 + (jj - 60) ** 2 + (kk - 45) ** 2 <= 4 ** 2
+    return {"image": x, "brain": brain, "mask": mask, "deep": deep, "affine": t.affine}
+
+
+def test_needs_prior_only_where_the_mask_meets_the_empty_space(stripped_brain):
+    x, mask, deep = stripped_brain["image"], stripped_brain["mask"], stripped_brain["deep"]
+    voided = np.where(mask, 0, x)
+    assert prior.needs_prior(voided, mask) and prior.skull_stripped(voided, mask)
+    assert not prior.needs_prior(np.where(deep, 0, x), deep)  # a deep lesion, even a black one
+    noisy_head = x + 0.05 * np.random.default_rng(0).random(x.shape).astype(np.float32)
+    assert not prior.skull_stripped(noisy_head, mask)  # a head image: noise, not zeros, around the brain
+
+
+def test_outline_prior_keeps_the_background_past_the_brain(stripped_brain, tiny_weights):
+    from usb_prep.weights import load_model
+
+    x, mask, brain = stripped_brain["image"], stripped_brain["mask"], stripped_brain["brain"]
+    voided = np.where(mask, 0, x).astype(np.float32)
+    model, _ = load_model(tiny_weights, "fill")
+    kw = dict(model=model, affine=stripped_brain["affine"], voxel_size=(2.0, 2.0, 2.0), device="cpu", steps=1,
+              keep_background=False)
+    without = api.fill_parts(voided, mask, **kw, outline_prior=False)
+    with_ = api.fill_parts(voided, mask, **kw, outline_prior=True)
+    assert without.prior is None and with_.prior is not None and with_.prior["used"], with_.prior
+    assert with_.prior["quality"] > 0.5
+    from scipy import ndimage
+
+    far_out = mask & ~ndimage.binary_dilation(brain, iterations=2)  # well outside the true brain
+    deep_in = mask & ndimage.binary_erosion(brain, iterations=2)
+    assert far_out.sum() > 50 and deep_in.sum() > 50
+    assert (without.final[far_out] > 0).mean() > 0.5  # the fill paints tissue there without the prior
+    assert (with_.final[far_out] == 0).mean() > 0.8
+    assert (with_.final[deep_in] > 0).mean() > 0.8  # the brain inside the mask is still filled
+    assert np.array_equal(with_.final[~mask], voided[~mask])
+    # a deep mask never runs it
+    deep = stripped_brain["deep"]
+    assert api.fill_parts(np.where(deep, 0, x), deep, **kw, outline_prior=True).prior is None
