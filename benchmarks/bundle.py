@@ -2,10 +2,10 @@
 
 Usage::
 
-    python benchmarks/bundle.py OUT [--fill /work/runs/fill2/weights] [--generate /work/runs/gen2/weights]
+    python -m benchmarks bundle OUT --fill RUNS/fill2/weights --generate RUNS/gen2/weights
                                     [--refiner benchmarks/cache/refiner/ref.pt] [--set '{"nlm_weight": 0.7}']
-                                    [--contrast t2w=/work/runs/fill_t2/weights --contrast-set '{"t2w": {...}}']
-                                    [--contrast-refiner t2w=/work/runs/refiner_t2/refine.pt]
+                                    [--contrast t2w=RUNS/fill_t2/weights --contrast-set '{"t2w": {...}}']
+                                    [--contrast-refiner t2w=RUNS/refiner_t2/refine.pt]
 
 ``--fill`` / ``--generate`` take a run's ``weights/`` export or a bundled folder (e.g. the packaged
 ``usb_prep/weights/default``, to keep its generate model while trying a new fill run); ``--refiner`` a
@@ -29,8 +29,8 @@ GENERATE_STEPS = 25  # a run's export already sets the fill's window (its traini
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
-    p.add_argument("--fill", default="/work/runs/fill2/weights")
-    p.add_argument("--generate", default="/work/runs/gen2/weights")
+    p.add_argument("--fill", required=True, help="the fill run's exported weights (RUN/weights)")
+    p.add_argument("--generate", required=True, help="the generation run's exported weights")
     p.add_argument("--refiner", default=None)
     p.add_argument("--settings-from", default=None, help="weights whose fill settings to carry (default: packaged)")
     p.add_argument("--set", default="{}", help="fill settings to change, as JSON")

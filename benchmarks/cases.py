@@ -1,7 +1,7 @@
 """Benchmark cases, shared by the benchmark scripts: held-out brains, held-out masks, two painting families,
 the real NiftySeg (cached), metrics.
 
-Scripts here import it as a sibling module (``python benchmarks/x.py`` puts this folder on ``sys.path``).
+The commands import it as ``from .cases import ...`` (``python -m benchmarks COMMAND``).
 
 Held-out brains (never in any training of the packaged weights, see the model card):
 - ``otsu_head``: healthy adult T1w (niivue), prepared to MNI 1 mm by ``prepare_data.py``.
@@ -99,7 +99,7 @@ def load_brain(name: str, data_dir: Path, brains_dir: Path) -> Brain:
         return patient_brain(name, p / "T1w.nii.gz", p / "lesion_mask.nii.gz", f"{p}/T1w.nii.gz (held-out patient)")
     t1, bm = brains_dir / f"{name}_T1w.nii.gz", brains_dir / f"{name}_brainmask.nii.gz"
     if not (t1.exists() and bm.exists()):
-        raise SystemExit(f"{t1} missing: run python benchmarks/prepare_data.py --out {brains_dir}")
+        raise SystemExit(f"{t1} missing: run python -m benchmarks prepare --out {brains_dir}")
     img = nib.load(str(t1))
     brain = np.asanyarray(nib.load(str(bm)).dataobj) > 0.5
     return Brain(name, _normalised(img.get_fdata(dtype=np.float32), brain), brain, img.affine,

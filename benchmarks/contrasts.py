@@ -16,9 +16,9 @@ has a T1w of the same head (validation: otsu_head itself, with its own noise and
 none): the same mask painted dark into the T1w, filled by the T1w pipeline, then the guide of the ``usb`` fill
 (``guide_weight`` W).
 
-    python benchmarks/contrasts.py --split validation [--weights DIR] [--sweep]  # -> results/contrasts_validation*.md
-    python benchmarks/contrasts.py --split test [--weights DIR]                  # -> results/contrasts_test.{md,json}
-    python benchmarks/contrasts.py --split validation --guide 0.5 1 2 --methods usb usb+T1w --out F.md
+    python -m benchmarks contrasts --split validation [--weights DIR] [--sweep]  # -> results/contrasts_validation*.md
+    python -m benchmarks contrasts --split test [--weights DIR]                  # -> results/contrasts_test.{md,json}
+    python -m benchmarks contrasts --split validation --guide 0.5 1 2 --methods usb usb+T1w --out F.md
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from . import paths
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from cases import (Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill,  # noqa: E402
+from .cases import (Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill,
                    patient_brain, scores)
 
 # name -> (image, lesion mask, contrast) under ../shared/data/patients: the test split's scans
@@ -120,7 +120,7 @@ def split_cases(args) -> tuple[list[Case], dict]:
 def sweep(cases, weights, given, out_path: Path, cmd: str):
     """Blends (1 - p - n) * model + p * patch + n * nlm per contrast from one run's parts: the best 12, then the
     model alone, the patch fill alone and the guided nlm alone."""
-    from validation import GRID, blend_means
+    from .validation import GRID, blend_means
 
     from usb_prep.weights import fill_role, load_model
 
@@ -147,8 +147,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["validation", "test"], required=True)
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "data")
+    paths.add(p, "brains")
     p.add_argument("--weights", default=None)
     p.add_argument("--set", default="{}", help="fill settings to change (both contrasts), as JSON")
     p.add_argument("--sweep", action="store_true", help="validation: score a grid of patch / nlm blend weights")
@@ -165,7 +165,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     given = json.loads(args.set)
-    cmd = "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks contrasts " + " ".join(argv if argv is not None else sys.argv[1:])
     cases, twins = split_cases(args)
     if args.sweep:
         return sweep(cases, args.weights, given, Path(args.out or HERE / "results" / "contrasts_validation_sweep.md"),

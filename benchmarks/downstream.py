@@ -11,7 +11,7 @@ painting):
   mask. ``vol_err_ml``: the summed absolute GM / WM / CSF volume error against the healthy segmentation (ml,
   whole brain); ``dice``: the mean Dice of the three classes in the lesion and its 5 mm ring.
 
-    python benchmarks/downstream.py --check      # one small case end to end (a few minutes)
+    python -m benchmarks downstream --check      # one small case end to end (a few minutes)
 
 Used by ``run_benchmark.py`` (``--downstream``).
 """
@@ -142,10 +142,14 @@ def check():
         print(name, effect(t, ref, img, mask, brain, aff), round(time.time() - t0), "s")
 
 
-if __name__ == "__main__":
+def main(argv=None):
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true")
-    if ap.parse_args().check:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks downstream", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="run one synthetic case")
+    if ap.parse_args(argv).check:
         check()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from . import paths
 
 
 def real_on_grid(brains_dir: Path, cfg) -> list[np.ndarray]:
@@ -114,18 +115,18 @@ def markdown(res: dict) -> str:
                   f"| real vs real (split) | {res['mmd_real_real']:.4f} | {res['frechet_real_real']:.2f} |"]
     else:
         lines.append("MMD and Frechet distances need at least 2 prepared brains in `--brains` "
-                     "(`python benchmarks/prepare_data.py`); not computed.")
+                     "(`python -m benchmarks prepare`); not computed.")
     lines += ["", f"Lesion voxels per pair: {res['lesion_voxels']}; share inside the brain: "
               f"{[round(x, 2) for x in res['lesion_inside_brain']]}", "", "![generation](fig_generation.png)", ""]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    """``python benchmarks/generation.py [--brains DIR] [--n 4] [--steps 25]`` -> results/generation.md."""
+    """``python -m benchmarks generation [--brains DIR] [--n 4] [--steps 25]`` -> results/generation.md."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "brains")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--weights", default=None)
     p.add_argument("--n", type=int, default=4)

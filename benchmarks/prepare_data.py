@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/prepare_data.py [--data /work/shared/data/healthy] [--out /work/cache/brains]
+    python -m benchmarks prepare --data DATA --out BRAINS [--only otsu_head]
 
 Writes ``{name}_T1w.nii.gz`` and ``{name}_brainmask.nii.gz`` for each brain, and
 a mid-slice PNG per brain under ``OUT/png/`` for visual checks. ``otsu_head`` is
@@ -24,6 +24,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from usb_prep.data.prep import MNI_AFFINE, load_template, prepare_cohort  # noqa: E402
+from . import paths
 
 # (name, file, skull_stripped)
 COHORT = [
@@ -104,19 +105,19 @@ def save_pngs(out_dir: Path, names: list[str]) -> None:
         plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/healthy"))
-    ap.add_argument("--patients", type=Path, default=Path("/work/shared/data/patients"))
-    ap.add_argument("--out", type=Path, default=Path("/work/cache/brains"))
+    paths.add(ap, "data")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the prepared brains (what --brains reads)")
     ap.add_argument("--no-n4", action="store_true", help="skip N4 bias correction")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="prepare only these (e.g. otsu_head, the benchmark's)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    entries = [(n, args.data / f, s) for n, f, s in COHORT]
-    entries += [(n, args.patients / f, s, args.patients / les, *c) for n, f, s, les, *c in PATIENTS]
+    healthy, patients = Path(args.data) / "healthy", Path(args.data) / "patients"
+    entries = [(n, healthy / f, s) for n, f, s in COHORT]
+    entries += [(n, patients / f, s, patients / les, *c) for n, f, s, les, *c in PATIENTS]
     if args.only:
         entries = [e for e in entries if e[0] in args.only]
     for entry in entries:

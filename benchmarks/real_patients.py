@@ -20,7 +20,7 @@ of these scans never trained anything; ``--trained`` names scans whose healthy-a
 models (the clinical stroke T2w trains the T2w/FLAIR fill model since the session of 2026-12-07, third), marked in
 the table.
 
-    python benchmarks/real_patients.py [--cap 300] [--weights DIR]  # -> results/real_patients.{md,json}, .../*.png
+    python -m benchmarks real-patients [--cap 300] [--weights DIR]  # -> results/real_patients.{md,json}, .../*.png
 """
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from . import paths
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from cases import laplace_fill, niftyseg_fill  # noqa: E402
+from .cases import laplace_fill, niftyseg_fill
 
 # name -> (image, mask, contrast), under ../shared/data/patients
 SCANS = {
@@ -144,7 +144,7 @@ def picture(name, data, mask, fills, out_png: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "patients"))
+    paths.add(p, "data")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--cap", type=float, default=300, help="NiftySeg's time cap per scan (s)")
     p.add_argument("--threads", type=int, default=2)
@@ -156,7 +156,7 @@ def main(argv=None):
     (out / "real_patients").mkdir(parents=True, exist_ok=True)
     results, usb_fills = {}, {}
     for name, (img_rel, mask_rel, contrast) in SCANS.items():
-        path, mask_path = Path(a.data) / img_rel, Path(a.data) / mask_rel
+        path, mask_path = Path(a.data) / "patients" / img_rel, Path(a.data) / "patients" / mask_rel
         img, mimg = nib.load(str(path)), nib.load(str(mask_path))
         data = np.asarray(img.dataobj, np.float32)
         mask = np.asarray(mimg.dataobj) > 0.5
@@ -175,7 +175,7 @@ def main(argv=None):
         print(name, json.dumps({k: v for k, v in row.items() if k in METHODS}), flush=True)
     (out / "real_patients.json").write_text(json.dumps(results, indent=2))
     lines = ["# Real patients: the fill against the normal-appearing white matter around it", "",
-             f"Command: `python benchmarks/real_patients.py --cap {a.cap:g}"
+             f"Command: `python -m benchmarks real-patients --cap {a.cap:g}"
              + (f" --weights {a.weights}" if a.weights else "")
              + (f" --trained {' '.join(a.trained)}" if a.trained else "") + f"` ({a.threads} CPU threads each). "
              "No ground truth: the filled region's mean as a ratio of (and z-score against) the NAWM ring's, the "

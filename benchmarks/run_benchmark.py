@@ -5,8 +5,8 @@ on brains and masks the model never saw, with two lesion-painting families, plus
 One command (about an hour on 2 cores; NiftySeg's outputs are cached, so reruns cost only our fills)::
 
     bash ../shared/tools/niftyseg/build.sh          # builds seg_FillLesions (~30 s), once
-    python benchmarks/prepare_data.py --only otsu_head   # the held-out brain to MNI 1 mm (~2 min), once
-    python benchmarks/run_benchmark.py [--cap 600] [--per-category 1] [--threads 2]
+    python -m benchmarks prepare --only otsu_head   # the held-out brain to MNI 1 mm (~2 min), once
+    python -m benchmarks run [--cap 600] [--per-category 1] [--threads 2]
 
 Writes ``results.md`` (one table per brain and their mean, the BraTS case), ``results.json`` and the plots
 ``time_vs_volume.png`` / ``time_vs_lesions.png`` to ``--out``, and ``headline.md``, the README's table.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import (CATEGORIES, FAMILIES, Case, laplace_fill, load_brain, make_cases, niftyseg_fill, scores,
+from . import paths
+from .cases import (CATEGORIES, FAMILIES, Case, laplace_fill, load_brain, make_cases, niftyseg_fill, scores,
                    tissue_classes)
 
 HERE = Path(__file__).resolve().parent
@@ -36,8 +37,8 @@ LABELS = {"usb": "usb_prep (default)", "niftyseg": "NiftySeg seg_FillLesions (re
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains", help="prepare_data.py's output (otsu_head)")
+    paths.add(p, "data")
+    paths.add(p, "brains")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--per-category", type=int, default=1, help="held-out masks per category and brain")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -370,7 +371,7 @@ def brats_alone(model, info, data: Path, out_dir: Path, args, log, t0: float, ar
     if "skipped" in br:
         raise SystemExit(f"BraTS case skipped: {br['skipped']}")
     br.update(weights_sha256=info["sha256"], settings=model.fill_settings.to_dict(), usb_prep_version=__version__)
-    cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks run " + " ".join(argv if argv is not None else sys.argv[1:])
     (out_dir / "brats.json").write_text(json.dumps(br, indent=1, default=float))
     head = f"Command: `{cmd.strip()}`; fill weights sha256 {info['sha256'][:12]}; {args.threads} CPU threads."
     (out_dir / "brats.md").write_text("\n".join([head, "", *brats_table(br)]) + "\n")
@@ -417,7 +418,7 @@ def main(argv=None):
     thresholds = {b.name: tissue_classes(b.image, b.brain) for b in brains}
     refs, template = {}, None
     if not args.no_downstream:
-        import downstream as ds
+        from . import downstream as ds
 
         template = ds.Template()
     for c in cases:
@@ -432,7 +433,7 @@ def main(argv=None):
         fill_case(model, c, args, thresholds[c.brain], log, effect, compare)
     br = {} if args.no_brats else brats(model, data, out_dir, args, log, compare)
     plots(cases, out_dir)
-    cmd = "python benchmarks/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks run " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Lesion-filling benchmark", "",
              f"Command: `{cmd.strip()}` (total {time.time() - t_start:.0f} s). usb_prep {__version__}, fill weights "
              f"sha256 {info['sha256'][:12]}; {args.threads} CPU threads for every method ({platform.processor() or platform.machine()}); "

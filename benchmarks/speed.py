@@ -1,6 +1,6 @@
 """Denoiser speed on this CPU: fp32 vs bfloat16 autocast, per crop size and thread count.
 
-    python benchmarks/speed.py [--out benchmarks/results] [--weights DIR]
+    python -m benchmarks speed [--out benchmarks/results] [--weights DIR]
 
 Writes ``speed.md`` and ``speed.json``: seconds per USB_brain forward pass (the cost of one
 filling step) for the packaged ``fill`` model, and the time of one known-mask fill of a
@@ -90,7 +90,7 @@ def main(argv=None):
            "forward": rows, "fill_seconds": t_fill, "fill_stage_seconds": stages,
            "settings": api_defaults(model),
            "fill_ml": ml, "fill_steps": steps,
-           "command": "python benchmarks/speed.py" + (f" --tag {args.tag}" if args.tag else "")}
+           "command": "python -m benchmarks speed" + (f" --tag {args.tag}" if args.tag else "")}
     stem = f"speed_{args.tag}" if args.tag else "speed"
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     lines = ["# Denoiser speed (USB_brain of the packaged fill model, one forward pass)", "",

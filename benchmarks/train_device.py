@@ -2,8 +2,8 @@
 
 A machine with a GPU but without ``../shared`` (or the time to prepare brains) gets everything in one file:
 
-    python benchmarks/train_device.py pack --out .devdata/pack.npz        # here: prepared brains + training masks
-    python benchmarks/train_device.py train --pack .devdata/pack.npz --out runs/dev --minutes 7   # on the GPU
+    python -m benchmarks train-device pack --out .devdata/pack.npz        # here: prepared brains + training masks
+    python -m benchmarks train-device train --pack .devdata/pack.npz --out runs/dev --minutes 7   # on the GPU
 
 ``pack`` holds the prepared training brains (``TrainConfig.exclude_brains`` stay out: the benchmark's and the
 BraTS case) and the training split of the lesion masks. ``train`` feeds every variant (``VARIANTS``) the same
@@ -32,6 +32,8 @@ from usb_prep.diffusion.model import USBModel
 from usb_prep.train.diffusion import (PairedLoss, PatchSampler, TrainConfig, batches, draw_modes, export, load_bank,
                                       load_brains, optimise)
 
+from . import paths
+
 log = logging.getLogger("train_device")
 
 # what the run trains: name -> (model config changes on the "cpu" preset, nets initialised from the packaged
@@ -44,7 +46,7 @@ MAX_FILE = 15 * 2 ** 20  # larger weight files are also written in float16 (what
 
 
 def train_config(a) -> TrainConfig:
-    return TrainConfig(brains=a.brains, masks=a.masks, patch=a.patch, batch_size=a.batch, p_fill=0.8, p_tmax=0.7,
+    return TrainConfig(brains=a.brains, masks=str(Path(a.data) / "lesion_masks"), patch=a.patch, batch_size=a.batch, p_fill=0.8, p_tmax=0.7,
                        healthy_context=True, margins=(0, 1, 2), lr_decay=True, minutes=a.minutes, ema=0.998,
                        exclude_brains=("otsu_head", "brats_gli_00001", "ms07"), workers=a.workers, seed=a.seed)
 
@@ -243,8 +245,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("pack", "train"):
         s = sub.add_parser(name)
-        s.add_argument("--brains", default="/work/cache/brains")
-        s.add_argument("--masks", default=str(Path(__file__).resolve().parents[2] / "shared/data/lesion_masks"))
+        paths.add(s, "brains", "data")
         s.add_argument("--out", required=True)
         s.add_argument("--patch", type=int, default=48)
         s.add_argument("--batch", type=int, default=16)

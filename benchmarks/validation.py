@@ -3,9 +3,9 @@
 The held-out brain otsu_head x the 3rd, 4th ... fitting held-out masks of each category (the benchmark takes the
 first one), painted by ``--families``; in-mask PSNR / SSIM of the fill and of the patch filler.
 
-    python benchmarks/validation.py [--weights DIR] [--set '{"margin": 1}'] -> benchmarks/results/validation.md
-    python benchmarks/validation.py --sweep -> benchmarks/results/validation_sweep.md
-    python benchmarks/validation.py --spill 3 --voided --set '{"keep_background": false}'  # masks past the brain
+    python -m benchmarks validate [--weights DIR] [--set '{"margin": 1}'] -> benchmarks/results/validation.md
+    python -m benchmarks validate --sweep -> benchmarks/results/validation_sweep.md
+    python -m benchmarks validate --spill 3 --voided --set '{"keep_background": false}'  # masks past the brain
 
 ``--set`` changes fill settings (:class:`usb_prep.fill.FillSettings` fields); ``--sweep`` scores every blend
 on a 0.1 grid of ``patch_weight`` and ``nlm_weight`` from one run's parts (:func:`usb_prep.api.fill_parts`).
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cases import ALL_CATEGORIES, CATEGORIES, FAMILIES, load_brain, make_cases, scores
+from .cases import ALL_CATEGORIES, CATEGORIES, FAMILIES, load_brain, make_cases, scores
+from . import paths
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,8 +62,8 @@ def main(argv=None):
     from usb_prep.weights import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "data")
+    paths.add(p, "brains")
     p.add_argument("--weights", default=None)
     p.add_argument("--set", default="{}", help="fill settings to change, as JSON")
     p.add_argument("--out", default=None, help="default: results/validation.md (validation_sweep.md)")
@@ -82,7 +83,7 @@ def main(argv=None):
     model, info = load_model(args.weights, "fill", "cpu")
     given = json.loads(args.set)
     data = cases(args)
-    cmd = "python benchmarks/validation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks validate " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.sweep:
         return sweep(model, info, data, given, Path(args.out or HERE / "results" / "validation_sweep.md"), cmd)
     rows, means = [], {}

@@ -102,3 +102,31 @@ def test_readme_is_a_users_page():
     assert len(text.splitlines()) <= 300
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), re.findall(r"\b20\d\d-\d\d-\d\d\b", text)
     assert "docs/benchmarks.md" in text and (ROOT.parent / "docs" / "benchmarks.md").exists()
+
+
+def test_benchmarks_are_one_tool_without_machine_paths(capsys):
+    """``python -m benchmarks`` lists every command; each one's --help works; no script holds a machine's path or
+    edits sys.path; logs and results are data under results/."""
+    bench = ROOT.parent / "benchmarks"
+    if not (bench / "__main__.py").exists():
+        pytest.skip("an installed copy without the source tree")
+    sys.path.insert(0, str(ROOT.parent))
+    try:
+        from benchmarks.__main__ import COMMANDS, STUDIES, main
+    finally:
+        sys.path.remove(str(ROOT.parent))
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for name in [*COMMANDS, *STUDIES]:
+        assert name in listed
+        argv = [name, "--help"] if name in COMMANDS else ["study", name, "--help"]
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out
+    for py in [*bench.glob("*.py"), *bench.glob("studies/*.py")]:
+        text = py.read_text()
+        assert "/work/" not in text and "sys.path" not in text, py
+    strays = [p for p in bench.rglob("*") if p.suffix in (".jsonl", ".log") and "results" not in p.parts
+              and "cache" not in p.parts]
+    assert not strays, strays

@@ -7,7 +7,7 @@ variant: the mask voxels that are background in the truth, how many the prior ca
 many brain voxels it wrongly empties, and the in-mask PSNR of a Laplace fill with the outline applied.
 Decides the variant the fill ships (rule in benchmarks/results/training_log.md, written before the first run).
 
-    python benchmarks/studies/prior_outline.py --data ../shared/data --out benchmarks/results/validation
+    python -m benchmarks study prior-outline --data ../shared/data --out benchmarks/results/validation
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main(argv=None):
     tag = "" if args.fill == "laplace" else f"_{args.fill}"
     (args.out / f"prior_outline{tag}.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Outline prior on validation masks (spilling strokes on colin27_brain and fsA_norm)", "",
-             "Command: `python benchmarks/studies/prior_outline.py --data ../shared/data --out "
+             "Command: `python -m benchmarks study prior-outline --data ../shared/data --out "
              "benchmarks/results/validation`. Cell: Laplace-fill PSNR in the mask with the outline applied "
              "(background voxels hit / brain voxels emptied).".replace("Laplace", args.fill), "",
              "| case | background | none | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]

@@ -9,7 +9,7 @@ refiner trains on random :data:`usb_prep.fill.refiner.PATCH`^3 windows of them (
 reading new cases as they appear, so generation and training can run side by side.
 Case ``i`` is drawn from seed ``10000 + i`` alone: any process or shard makes the same case.
 
-``usb-train --config benchmarks/train_refiner.json`` runs both (``RefinerConfig.workers`` generating
+``usb-train --config benchmarks/configs/train_refiner.json`` runs both (``RefinerConfig.workers`` generating
 processes, training in the main one).
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ a weight rising with the distance from the mask's edge, over a grid, on the vali
 
 Usage::
 
-    python benchmarks/depth_smooth.py [--weights DIR] [--cache /work/runs/depth_smooth] [--refiner FILE]
+    python -m benchmarks study depth-smooth --data DATA --brains BRAINS --runs RUNS [--weights DIR] [--refiner FILE]
 
 The fills' parts are cached per case (``--cache``): a later call with ``--refiner FILE`` reruns only the refiner
 stage on them (another refiner on the same model, patch and nlm parts). Prints one JSON line per case and grid
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from validation import validation_set
+from ..validation import validation_set
+from .. import paths
 
-HERE = Path(__file__).resolve().parent
 PARTS = ("model", "patch", "nlm", "blend", "refine", "final")
 SIGMAS = (1.0, 1.5, 2.0, 3.0)
 STARTS = (0, 2, 4)  # depth (voxels from the mask's edge) where smoothing starts
@@ -91,17 +91,17 @@ def rerefine(case, refiner_file):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "data")
+    paths.add(p, "brains")
     p.add_argument("--weights", default=None)
-    p.add_argument("--cache", default="/work/runs/depth_smooth")
+    paths.add(p, "runs")
     p.add_argument("--refiner", default=None, help="rerun the refiner stage with this refiner (cached parts)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="markdown table of the grid's means")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    cases = (cached_parts(Path(a.cache), a.weights, a.data, a.brains, None, 2)
-             + cached_parts(Path(a.cache), a.weights, a.data, a.brains, ["stroke_xl"], 4))
+    cases = (cached_parts(Path(a.runs) / "depth_smooth", a.weights, a.data, a.brains, None, 2)
+             + cached_parts(Path(a.runs) / "depth_smooth", a.weights, a.data, a.brains, ["stroke_xl"], 4))
     grid = [(s, st, r) for s in SIGMAS for st in STARTS for r in RAMPS]
     rows = []
     for c in cases:
@@ -117,7 +117,7 @@ def main(argv=None):
     keys = ["none"] + [f"s{s}_d{st}_r{r}" for s, st, r in grid]
     std = [r for r in rows if "stroke_xl" not in r["case"]]
     xl = [r for r in rows if "stroke_xl" in r["case"]]
-    cmd = " ".join(["python benchmarks/depth_smooth.py", *(sys.argv[1:] if argv is None else argv)])
+    cmd = " ".join(["python -m benchmarks study depth-smooth", *(sys.argv[1:] if argv is None else argv)])
     lines = [f"Command: `{cmd}`; in-mask PSNR dB / SSIM; cases: `--cache` (otsu_head x the validation masks).",
              "", "| variant | mean, 8 standard masks | worst change vs none | mean, 4 XL masks | worst change vs "
              "none |",

@@ -5,7 +5,7 @@ can only cost) and grown by 3 voxels (past the brain where it reaches the surfac
 (``train``) or voided (zero in the whole mask, as the BraTS inpainting task gives it). One fill per mask with
 ``keep_background`` off (kept in ``--fills``), then the rule at each tolerance, post hoc; one JSON line per mask.
 
-    python benchmarks/background_tolerance.py > results/validation/background_tolerance.jsonl
+    python -m benchmarks study background-tolerance > results/validation/background_tolerance.jsonl
 """
 import argparse
 import json
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cases import scores
-from validation import spilled, validation_set
+from ..cases import scores
+from ..validation import spilled, validation_set
+from .. import paths
 
-HERE = Path(__file__).resolve().parent
 T = (0, 1, 2, 3, 4)
 
 
@@ -26,8 +26,7 @@ def main(argv=None):
     from usb_prep.fill.background import outside_head
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "data", "brains")
     p.add_argument("--fills", default="/tmp/usb_background_fills", help="folder for the fills (reused)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)

@@ -5,7 +5,7 @@ no benchmark case has): in-mask PSNR of the model, patch, nlm, blend and refine 
 refine`` for s = 0.2, 0.4, 0.6, and RMSE of model / blend / refine by distance from the mask's edge. One JSON line
 per mask (``results/validation/xl_parts_*.jsonl``): is the model stage better than the blend deep in large masks?
 
-    python benchmarks/xl_parts.py [--weights DIR] > results/validation/xl_parts_packaged.jsonl
+    python -m benchmarks study xl-parts [--weights DIR] > results/validation/xl_parts_packaged.jsonl
 """
 import argparse
 import json
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cases import ALL_CATEGORIES, scores
-from validation import validation_set
+from ..cases import ALL_CATEGORIES, scores
+from ..validation import validation_set
+from .. import paths
 
-HERE = Path(__file__).resolve().parent
 PARTS = ("model", "patch", "nlm", "blend", "refine")
 DEPTHS = ((0, 3), (3, 6), (6, 10), (10, 99))
 
@@ -28,8 +28,8 @@ def main(argv=None):
     from usb_prep.weights import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--brains", default="/work/cache/brains")
+    paths.add(p, "data")
+    paths.add(p, "brains")
     p.add_argument("--weights", default=None)
     p.add_argument("--categories", nargs="+", default=["stroke_xl"], choices=list(ALL_CATEGORIES))
     p.add_argument("--per-category", type=int, default=4)
