@@ -69,7 +69,7 @@ def test_bids_app_runs_and_resumes(bids_ds, tmp_path, linear_plugin):
     for key in ("sub-01", "sub-02_ses-1"):
         checker = _Checker()
         checker.feed((out / f"{key}.html").read_text())
-        assert checker.title == key and len(checker.imgs) == 2
+        assert checker.title == key and len(checker.imgs) == 3  # one zoomed lesion, the whole-brain before/after
         assert all(s.startswith("data:image/png;base64,") for s in checker.imgs)
     # rerun resumes from the work folder: cached nodes are not rerun, outputs untouched
     mtime = filled.stat().st_mtime_ns

@@ -114,7 +114,7 @@ def test_report_and_sink(lesion_case, tmp_path):
     rep = LesionReport(before=str(lesion_case["t1w"]), after=str(lesion_case["t1w"]),
                        mask_file=str(lesion_case["mask"]), title="sub-01").run(cwd=_cwd(tmp_path / "r"))
     html = open(rep.outputs.out_report).read()
-    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == 2
+    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == 3
     dst = tmp_path / "out" / "sub-01" / "anat" / "sub-01_desc-x_T1w.nii.gz"
     DerivativesSink(in_file=str(lesion_case["t1w"]), base_directory=str(tmp_path / "out"),
                     out_name="sub-01/anat/sub-01_desc-x_T1w.nii.gz",

@@ -66,3 +66,21 @@ def test_outline_prior_keeps_the_background_past_the_brain(stripped_brain, tiny_
     # a deep mask never runs it
     deep = stripped_brain["deep"]
     assert api.fill_parts(np.where(deep, 0, x), deep, **kw, outline_prior=True).prior is None
+
+
+def test_edge_offset_moves_the_template_to_the_image_edge():
+    """A registered brain 2 voxels smaller than the image's own (a wider skull strip): the offset is +2, and the
+    mask voxels of that strip are not emptied."""
+    shape = (40, 40, 40)
+    ii = np.indices(shape) - 20
+    r = np.sqrt((ii ** 2).sum(0))
+    image = np.where(r <= 14, 1.0, 0.0).astype(np.float32)
+    template = prior.Prior(brain=(r <= 12).astype(np.float32), quality=0.9, seconds=0.0)
+    mask = (np.abs(ii[0] - 14) <= 4) & (np.abs(ii[1]) <= 4) & (np.abs(ii[2]) <= 4)  # across the edge
+    assert prior.edge_offset(template, image, mask) == 2
+    assert prior.signed_distance(r <= 12)[20, 20, 20 + 12] == 0  # the outermost layer is 0
+    out = prior.outside_brain(template, mask, offset=2)
+    plain = prior.outside_brain(template, mask)
+    emptied, emptied_plain = int((out & (r <= 14)).sum()), int((plain & (r <= 14)).sum())
+    assert emptied_plain > 100 and emptied < 0.1 * emptied_plain  # the strip's brain is kept
+    assert (out & (r > 15.5)).sum() == (mask & (r > 15.5)).sum()  # what lies outside still goes

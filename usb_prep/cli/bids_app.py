@@ -15,6 +15,7 @@ skipped; 2 usage error; 3 a dependency is missing.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -361,6 +362,34 @@ def write_filled(opts, plan: Plan, ok, failed) -> dict:
     return res
 
 
+def write_dataset_reports(opts, plan: Plan, ok, causes: dict) -> None:
+    """The dataset page (``usb_prep.html``: a row an image, linking its report), a page for each failed image
+    (its cause and crash file) and ``logs/CITATION.md`` (the methods paragraph of what ran)."""
+    from usb_prep import bids as core
+    from usb_prep import reports
+
+    out = opts.output_dir.absolute()
+    by_key = {e.key: e for e in plan.entries}
+    rows, first = [], None
+    for key in plan.expected:
+        if key in causes:
+            cause, crash = causes[key]
+            reports.write_failed_report(out / f"{key}.html", title=key, cause=cause, crash_file=crash)
+            rows.append({"key": key, "status": "failed", "report": f"{key}.html", "cause": cause})
+            continue
+        e = by_key[key]
+        filled, mask = out / core.filled_name(e, opts.mask_kind), out / core.mask_name(e, opts.mask_kind)
+        rows.append(reports.image_row(key, filled, mask, report=f"{key}.html"))
+        first = first or (filled, rows[-1])
+    rows += [{"key": key, "status": "skipped", "cause": reason} for key, reason in plan.skipped]
+    reports.write_dataset_page(out / "usb_prep.html", rows)
+    if first is not None:
+        from usb_prep.io import sidecar_path
+
+        settings = json.loads(sidecar_path(first[0]).read_text()).get("LesionFilling", {})
+        reports.write_citation(out / "logs" / "CITATION.md", settings, lesion_ml=None)
+
+
 def _forbidden(opts) -> dict:
     return {"output folder": Path(opts.output_dir), "work folder": Path(opts.work_dir)}
 
@@ -539,14 +568,16 @@ def _run(opts, wf, plan: Plan) -> int:
     # success is this run's result: a crashed subject failed even where an earlier run's outputs exist
     crashed = failed_subjects(crash_dir, plan)
     failed = [key for key, paths in plan.expected.items() if key in crashed or not all(p.exists() for p in paths)]
+    causes = {}
     for key in failed:
         gone = remove_stale(plan.outputs[key])
         where = crashed.get(key)
-        cause = crash_cause(where) if where else "outputs missing"
-        LOGGER.error("%s failed: %s (crash file: %s)%s", key, cause, where or crash_dir,
+        causes[key] = (crash_cause(where) if where else "outputs missing", where or crash_dir)
+        LOGGER.error("%s failed: %s (crash file: %s)%s", key, causes[key][0], causes[key][1],
                      f"; removed {len(gone)} stale output(s) of an earlier run" if gone else "")
     LOGGER.info("finished in %.0f s", time.time() - started)
     ok = [k for k in plan.expected if k not in failed]
+    write_dataset_reports(opts, plan, ok, causes)
     if opts.filled_dataset:
         write_filled(opts, plan, ok, failed)
     print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")

@@ -111,11 +111,14 @@ def _setting_options(fn):
 @_overwrite
 @_overwrite_input
 @_quiet
+@click.option("--report", "report", type=click.Path(), default=None,
+              help="Also write a visual report (self-contained HTML): summary, the largest lesions up close, "
+                   "before/after, the fill against its surroundings, a methods paragraph.")
 @click.option("--demo", "demo_dir", type=click.Path(), default=None,
               help="Run on a built-in demo case (MNI152 template with a painted lesion); write into this folder.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def main(image, mask, output, method, contrast, guide, seed, device, weights, threads, resample_mask, mask_kind,
-         overwrite, overwrite_input, quiet, demo_dir, verbose, **settings):
+         overwrite, overwrite_input, quiet, report, demo_dir, verbose, **settings):
     """Fill a lesion: IMAGE (NIfTI/MGZ) and MASK (1 = lesion) -> OUTPUT.
 
     Voxels outside the mask are kept bit for bit, with the input's header.
@@ -138,10 +141,23 @@ def main(image, mask, output, method, contrast, guide, seed, device, weights, th
         from usb_prep.io import check_image_output
 
         out = check_image_output(output, [image, mask, guide], overwrite=overwrite, overwrite_input=overwrite_input)
+        if report:
+            from usb_prep.io import check_outputs
+
+            if not str(report).endswith((".html", ".htm")):
+                raise ValueError(f"--report {report}: give an .html file name")
+            check_outputs([report], [image, mask, guide], overwrite=overwrite)
         res = fill_lesion(image, mask, weights=weights, seed=seed, device=device, method=method,
                           resample_mask=resample_mask, progress=not quiet, num_threads=threads, mask_kind=mask_kind,
                           contrast=contrast, guide=guide, **settings)
-        _write(res, out, overwrite or overwrite_input, {"input": str(image), "mask": str(mask) if mask else None})
+        extra = {"input": str(image), "mask": str(mask) if mask else None}
+        _write(res, out, overwrite or overwrite_input, extra)
+        if report:
+            from usb_prep.reports import write_report
+
+            write_report(report, before=image, after=out, mask=res.mask, title=Path(str(out)).name,
+                         settings={**res.settings, **extra}, messages=res.messages)
+            click.echo(f"wrote {report}")
 
     _run(go)
 

@@ -123,8 +123,9 @@ def outline_stage(ctx: FillContext, parts: FillParts, seed: int = 0) -> None:
     t0 = time.perf_counter()
     affine = ctx.affine if ctx.affine is not None else np.diag([*ctx.voxel_size, 1.0])
     registered = prior.register_template(ctx.image, ctx.mask, affine, seed=seed)
-    out = prior.outside_brain(registered, ctx.mask)
-    parts.prior = registered.record()
+    offset = prior.edge_offset(registered, ctx.image, ctx.mask) if registered.usable else 0
+    out = prior.outside_brain(registered, ctx.mask, offset=offset)
+    parts.prior = {**registered.record(), "surface_offset_voxels": offset}
     parts.outline_voxels = int(out.sum())
     if parts.outline_voxels:
         parts.final = np.where(out, np.float32(0), parts.final)

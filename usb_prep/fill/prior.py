@@ -3,9 +3,16 @@
 Where a mask reaches past a skull-stripped brain (an inpainting region placed at the surface, a mask drawn
 before stripping or dilated), no filler knows where the brain ended: each paints tissue up to the mask's edge.
 :func:`register_template` registers nilearn's MNI152 2009 brain (shipped with nilearn: no download) to the image
-with antspyx, the mask (grown) left out of the metric, affine then SyN at a coarse spacing, and warps its brain
-mask onto the image's grid. :func:`outside_brain` then keeps as background the mask's voxels that the warped
-brain puts outside the brain.
+with antspyx, the mask (grown) left out of the metric, affine then SyN at 3 mm, and warps its brain mask onto the
+image's grid. Skull strips differ (FreeSurfer's keeps more than MNI152's brain mask): :func:`edge_offset` moves the
+warped brain's surface until it matches the image's own edge near the mask. :func:`outside_brain` then keeps as
+background the mask's voxels that the moved brain puts outside it.
+
+Chosen on validation masks only (``python -m benchmarks study prior-outline``: strokes grown past colin27_brain and
+fsA_norm, voided; usb_prep's fill with the outline applied): 3 mm with the edge offset, +0.63 dB on average over
+the fill without it, no case worse; 2 mm was +0.12 dB better again at twice the time, under the 0.2 dB the rule
+asked for; the level 0.5 without the offset lost up to 1.1 dB on fsA_norm (its strip is wider than the
+template's brain), ``benchmarks/results/validation/prior_outline_usb.md``.
 
 It runs only where it can matter (:func:`needs_prior`): the mask touches the image's background (value <= 0)
 and that background is the empty space around a skull-stripped brain, not a dark lesion. Small and deep masks
