@@ -13,6 +13,8 @@ COMMANDS = {  # command -> (module, what it does)
     "validate": ("validation", "validation masks (where settings are chosen; never the benchmark's cases)"),
     "contrasts": ("contrasts", "T2w and FLAIR: painted lesions in real scans, every method in one run"),
     "real-patients": ("real_patients", "real patients' own lesions against the tissue around them"),
+    "brats-figure": ("brats_figure", "truth / input / fills of the BraTS case, from a --brats-only run"),
+    "contrast-guess": ("contrast_guess", "the contrast read from the image, on every real scan"),
     "speed": ("speed", "denoiser seconds per pass and one 20 ml fill, per stage"),
     "generation": ("generation", "generated brains against real ones"),
     "downstream": ("downstream", "a fill's effect on registration and tissue volumes (--check: one case)"),
@@ -25,6 +27,7 @@ STUDIES = {  # study -> (module, what it decided)
     "depth-smooth": ("studies.depth_smooth", "smoothing the deep inside of a fill (not taken)"),
     "xl-parts": ("studies.xl_parts", "each part of the fill on masks of 150-500 ml"),
     "prior-outline": ("studies.prior_outline", "the outline prior's variant for masks that reach past the brain"),
+    "prior-check": ("studies.prior_check", "the outline prior on the benchmark's cases (why it is off by default)"),
 }
 
 

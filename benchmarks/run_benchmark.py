@@ -363,11 +363,12 @@ def brats_table(br: dict) -> list[str]:
     return lines + [""]
 
 
-def brats_alone(model, info, data: Path, out_dir: Path, args, log, t0: float, argv) -> dict:
-    """``--brats-only``: the BraTS case alone, to ``brats.json`` / ``brats.md`` (the other cases' results stay)."""
+def brats_alone(model, info, data: Path, out_dir: Path, args, log, t0: float, argv, compare=None) -> dict:
+    """``--brats-only``: the BraTS case alone (and ``--compare``'s weights on it, in the same run), to
+    ``brats.json`` / ``brats.md`` (the other cases' results stay)."""
     from usb_prep import __version__
 
-    br = brats(model, data, out_dir, args, log)
+    br = brats(model, data, out_dir, args, log, compare)
     if "skipped" in br:
         raise SystemExit(f"BraTS case skipped: {br['skipped']}")
     br.update(weights_sha256=info["sha256"], settings=model.fill_settings.to_dict(), usb_prep_version=__version__)
@@ -403,7 +404,7 @@ def main(argv=None):
         compare, compare_info = load_model(None if args.compare == "packaged" else args.compare, "fill", "cpu")
     data = Path(args.data)
     if args.brats_only:
-        return brats_alone(model, info, data, out_dir, args, log, time.time() - t_start, argv)
+        return brats_alone(model, info, data, out_dir, args, log, time.time() - t_start, argv, compare)
     brains = [load_brain(b, data, Path(args.brains)) for b in BRAINS]
     cases = make_cases(brains, data, args.per_category, args.families, log=log)
     if args.niftyseg_only:

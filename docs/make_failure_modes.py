@@ -87,6 +87,7 @@ def files(d: Path) -> dict:
     far[0, 3] = 500
     save("guide_far.nii.gz", img, far)
     save("guide_shifted.nii.gz", np.roll(img, 3, axis=1))
+    save("guide_lesioned.nii.gz", np.where(les > 0, 0.2 * img, img).astype(np.float32))
     return p
 
 
@@ -143,8 +144,8 @@ def cases(d: Path, p: dict):
         ("--guide empty (all zero)", [*fill, *o, "--guide", str(p["guide_zero.nii.gz"]), "--contrast", "t1w", *q]),
         ("--guide 500 mm away (no overlap)", [*fill, *o, "--guide", str(p["guide_far.nii.gz"]), "--contrast", "t1w",
                                               *q]),
-        ("--guide is the unfilled image (left out, said)", [*fill, "-o", str(d / "o_g1.nii.gz"), "--guide",
-                                                            str(p["t1.nii.gz"]), "--contrast", "t1w", *q]),
+        ("--guide still lesioned (left out, said)", [*fill, "-o", str(d / "o_g1.nii.gz"), "--guide",
+                                                     str(p["guide_lesioned.nii.gz"]), "--contrast", "t1w", *q]),
         ("--guide shifted 3 voxels (left out, said)", [*fill, "-o", str(d / "o_g2.nii.gz"), "--guide",
                                                        str(p["guide_shifted.nii.gz"]), "--contrast", "t1w", *q]),
         ("--device cuda without CUDA", [*fill, *o, "--device", "cuda", "--quiet"]),

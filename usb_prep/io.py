@@ -196,7 +196,11 @@ def guide_array(guide_img, image_img, messages: list | None = None) -> np.ndarra
     differs: the two scans must be aligned, as a session's scans are or a co-registration makes them)."""
     messages = messages if messages is not None else []  # load_image refused 4-D and non-finite guides already
     if not same_grid(guide_img, image_img):
+        had_signal = bool(np.any(np.asanyarray(guide_img.dataobj) > 0))
         guide_img = resample_like(guide_img, image_img, order=1)
+        if had_signal and not np.any(np.asanyarray(guide_img.dataobj) > 0):
+            raise InputError("the guide image does not overlap the image (nothing of it lies on the image's grid in "
+                             "world coordinates): are the two scans aligned (same subject, same space)?")
         messages.append("guide resampled onto the image's grid (world coordinates, linear)")
     return np.asarray(get_data(guide_img), np.float32).reshape(image_img.shape[:3])
 

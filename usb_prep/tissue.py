@@ -53,7 +53,7 @@ CORE_MM = {True: 4.0, False: 18.0}  # depth (mm) below the foreground's surface 
 # The tissue order in one number: r = (top - middle) / (middle - bottom) of the three k-means levels. T2w: CSF
 # (bright) far above grey and white (r > 1.5 on every T2w here); T1w: three even steps (0.54-1.04); FLAIR: CSF
 # (dark) far below grey and white, which lie close (0.27-0.41). Bands set on the real scans of the project's data
-# (benchmarks/contrast_guess.py) with a gap on each side; between them the image does not tell.
+# (``python -m benchmarks contrast-guess``) with a gap on each side; between them the image does not tell.
 BANDS = (("flair", 0.0, 0.47), ("t1w", 0.5, 1.15), ("t2w", 1.3, float("inf")))
 MIN_CORE = 20_000  # voxels read at least (a brain at 4 mm has about that many): smaller images do not tell
 

@@ -77,9 +77,10 @@ class FillSettings:
     keep_background: bool = _f(bool, "mask voxels that are background (0) in the image and mirror across the midline "
                                      "onto background stay background (a mask that spills out of a skull-stripped "
                                      "brain); off: every mask voxel is filled")
-    outline_prior: bool = _f(bool, "on a skull-stripped image whose mask reaches the empty space around the brain, "
-                                    "register nilearn's MNI152 brain to the image (antspyx) and keep as background the "
-                                    "mask voxels it puts outside the brain; other masks never run it")
+    outline_prior: bool = _f(bool, "for masks known to reach past a skull-stripped brain (inpainting regions, masks "
+                                    "drawn before stripping): register nilearn's MNI152 brain to the image (antspyx) "
+                                    "and keep as background the mask voxels it puts outside the brain (on a mask "
+                                    "inside the brain it can empty brain at its edge: off by default)")
     samples: int = _f(int, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
     patch_weight: float = _f(float, "share of the classical patch fill in the blend", 0.0, 1.0)
     nlm_weight: float = _f(float, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
