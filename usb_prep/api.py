@@ -207,7 +207,7 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
             gv = normalise(g, m, [])[0]
             unused = check_guide(gv, v, m)
             if unused:
-                messages.append(unused)
+                messages.append(f"warning: {unused}")
                 record["guide_unused"] = unused
                 gv = None
         if method == "usb":
