@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from . import paths
-
-HERE = Path(__file__).resolve().parent
-
 from .cases import (Brain, Case, choose_masks, laplace_fill, load_brain, niftyseg_fill,
                    patient_brain, scores)
+
+HERE = Path(__file__).resolve().parent
 
 # name -> (image, lesion mask, contrast) under ../shared/data/patients: the test split's scans
 TEST_SCANS = {

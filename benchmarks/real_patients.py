@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
 from . import paths
+from .cases import laplace_fill, niftyseg_fill
 
 HERE = Path(__file__).resolve().parent
-
-from .cases import laplace_fill, niftyseg_fill
 
 # name -> (image, mask, contrast), under ../shared/data/patients
 SCANS = {

@@ -16,7 +16,6 @@ Inputs
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+CONTRASTS = ("t1w", "t2w", "flair")  # the image contrasts usb_prep knows: every front end's choices come from here
+
 
 # Model-config keys of weights written before the settings had their own block (``default_<name>``).
 LEGACY_KEYS = {f"default_{n}": n for n in ("margin", "samples", "patch_weight", "nlm_weight", "nlm_passes",

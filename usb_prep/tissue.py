@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .fill.settings import CONTRASTS  # noqa: F401 -- the one list of contrast names
+from .config import CONTRASTS  # noqa: F401 -- the one list of contrast names
 
 
 def kmeans_1d(values: np.ndarray, n_classes: int = 3, n_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ per mask (``results/validation/xl_parts_*.jsonl``): is the model stage better th
 """
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fill.settings import CONTRASTS  # noqa: F401 -- the one list of contrast names
+from ..config import CONTRASTS  # noqa: F401 -- the one list of contrast names
 #: Target tissue levels relative to WM = 1, drawn uniformly: CSF, GM, and the brightest T1w tissue
 #: (above WM: vessels, fat at the brain's edge).
 LEVELS = {

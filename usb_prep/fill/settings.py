@@ -13,9 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import LEGACY_KEYS
+from ..config import CONTRASTS, LEGACY_KEYS  # noqa: F401 -- CONTRASTS: the front ends' choices
 
-CONTRASTS = ("t1w", "t2w", "flair")  # the image contrasts the fill knows: every front end's choices come from here
 METHODS = ("usb", "wmstats", "patch", "nlm")  # usb: the diffusion model; the rest: classical fillers
 STAGES = ("model", "patch", "nlm", "blend", "refine")  # the fill pipeline's stages, in order
 
