@@ -84,3 +84,22 @@ def test_edge_offset_moves_the_template_to_the_image_edge():
     emptied, emptied_plain = int((out & (r <= 14)).sum()), int((plain & (r <= 14)).sum())
     assert emptied_plain > 100 and emptied < 0.1 * emptied_plain  # the strip's brain is kept
     assert (out & (r > 15.5)).sum() == (mask & (r > 15.5)).sum()  # what lies outside still goes
+
+
+def test_the_mirror_keeps_a_cortical_mask_whose_other_side_is_brain():
+    """With the mirror condition, a template that wrongly calls part of a mask outside the brain empties nothing
+    where the other hemisphere has brain; where the mirror is background too, the call stands."""
+    shape = (40, 40, 40)
+    ii = np.indices(shape) - 20
+    r = np.sqrt((ii ** 2).sum(0))
+    image = np.where(r <= 14, 1.0, 0.0).astype(np.float32)
+    mask = (np.abs(ii[0] - 13) <= 3) & (np.abs(ii[1]) <= 3) & (np.abs(ii[2]) <= 3)  # at the right surface
+    wrong = prior.Prior(brain=(r <= 10).astype(np.float32), quality=0.9, seconds=0.0)  # too small a brain
+    aff = np.eye(4)
+    alone = prior.outside_brain(wrong, mask)
+    both = prior.outside_brain(wrong, mask, mirror=prior.mirrored(image, mask, aff))
+    assert (alone & (r <= 14)).sum() > 20 and not (both & (r <= 14)).any()
+    spill = (np.abs(ii[0] - 16) <= 3) & (np.abs(ii[1]) <= 3) & (np.abs(ii[2]) <= 3)  # reaches past the brain
+    voided = np.where(spill, 0, image).astype(np.float32)
+    out = prior.outside_brain(wrong, spill, mirror=prior.mirrored(voided, spill, aff))
+    assert (out & (r > 15.5)).sum() >= 0.8 * (spill & (r > 15.5)).sum()

@@ -23,6 +23,13 @@ def midline(data: np.ndarray, axis: int) -> float:
     return float((prof * np.arange(prof.size)).sum() / prof.sum())
 
 
+def mask_free_midline(image: np.ndarray, mask: np.ndarray, axis: int) -> float:
+    """The midline from the left-right lines that miss ``mask``: a voided mask (or one that spills past the head)
+    would pull :func:`midline` aside."""
+    free = ~mask.any(axis=axis, keepdims=True)
+    return midline(np.where(free, image, 0) if free.sum() > 0.2 * free.size else image, axis)
+
+
 def mirror_lr(data: np.ndarray, affine: np.ndarray | None = None, exclude: np.ndarray | None = None,
               centre: float | None = None) -> np.ndarray:
     """``data`` reflected across the left-right midline; voxels of ``exclude`` (e.g. lesions) are zeroed first.

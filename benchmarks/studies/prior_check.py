@@ -27,6 +27,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks study prior-check", description=__doc__.split("\n\n")[0])
     paths.add(p, "data", "brains")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mirror", action="store_true", help="the variant that also needs the mirror to be background")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = Path(a.data)
@@ -40,7 +41,8 @@ def main(argv=None):
                                   outline_prior=False)
             reg = prior.register_template(c.image, c.mask, c.affine)
             offset = prior.edge_offset(reg, c.image, c.mask) if reg.usable else 0
-            out = prior.outside_brain(reg, c.mask, offset=offset)
+            mirror = prior.mirrored(c.image, c.mask, c.affine) if a.mirror else None
+            out = prior.outside_brain(reg, c.mask, offset=offset, mirror=mirror)
             row.update(quality=round(reg.quality, 3), offset=offset, emptied=int(out.sum()),
                        psnr_without=round(scores(fill, c)["psnr"], 3),
                        psnr_with=round(scores(np.where(out, 0, fill), c)["psnr"], 3))

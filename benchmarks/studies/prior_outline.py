@@ -24,7 +24,8 @@ from usb_prep.data.splits import list_masks
 from usb_prep.fill import prior
 
 VARIANTS = {"3mm_t0.5": (3.0, "level"), "3mm_edge": (3.0, "edge"), "2mm_t0.5": (2.0, "level"),
-            "2mm_edge": (2.0, "edge"), "3mm_offset": (3.0, "offset"), "2mm_offset": (2.0, "offset")}
+            "2mm_edge": (2.0, "edge"), "3mm_offset": (3.0, "offset"), "2mm_offset": (2.0, "offset"),
+            "3mm_offset_mirror": (3.0, "offset_mirror")}
 
 
 def laplace(image, mask, iters=400):
@@ -71,6 +72,33 @@ def mask_mover(name, img):
     return move
 
 
+def inside_cases(data: Path, per_brain: int):
+    """Masks that stay inside the brain and touch its surface (where the prior runs): train-split strokes of
+    20-200 ml intersected with the brain, painted with the training synthesis."""
+    from ..cases import paint
+
+    for name, img in brains(data).items():
+        x = img.get_fdata(dtype=np.float32)
+        brain = x > 0
+        x = x / np.percentile(x[brain], 99.5)
+        move = mask_mover(name, img)
+        n = 0
+        for path in [q for q in list_masks(data / "lesion_masks", "train") if q.parent.name == "soop"]:
+            m = nib.load(str(path))
+            m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
+            lesion = move(m) & brain
+            ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
+            if not 20 <= ml <= 200:
+                continue
+            painted = paint("train", x, brain, lesion, np.random.default_rng(n))
+            if not (prior.needs_prior(painted, lesion) and prior.skull_stripped(painted, lesion)):
+                continue
+            yield name, path.name, x, lesion, img.affine, painted
+            n += 1
+            if n >= per_brain:
+                break
+
+
 def cases(data: Path, per_brain: int):
     for name, img in brains(data).items():
         x = img.get_fdata(dtype=np.float32)
@@ -108,15 +136,21 @@ def main(argv=None):
                    help="the fill the outline is applied to: a Laplace fill, or usb_prep's (packaged weights, "
                         "keep_background on, as it ships)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--inside", action="store_true",
+                   help="masks that stay inside the brain and touch its surface, painted (the prior must not move "
+                        "them) instead of masks grown past the brain and voided")
     p.add_argument("--cache", type=Path, default=None,
                    help="folder keeping each case's base fill (reruns of other variants skip the fill)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, mname, x, mask, aff in cases(args.data, args.per_brain):
+    source = inside_cases(Path(args.data), args.per_brain) if args.inside else (
+        (*c, None) for c in cases(Path(args.data), args.per_brain))
+    for name, mname, x, mask, aff, painted in source:
         truth_bg = mask & (x <= 0)
-        voided = np.where(mask, 0, x).astype(np.float32)
-        cached = args.cache / f"{args.fill}_{name}_{mname}.npy" if args.cache else None
+        voided = np.where(mask, 0, x).astype(np.float32) if painted is None else painted
+        kind = "inside_" if args.inside else ""
+        cached = args.cache / f"{kind}{args.fill}_{name}_{mname}.npy" if args.cache else None
         if cached is not None and cached.exists():
             base = np.load(cached)
         elif args.fill == "usb":
@@ -138,14 +172,15 @@ def main(argv=None):
                 if sp != spacing:
                     continue
                 thr = prior.edge_threshold(pr, voided, mask) if mode == "edge" else prior.THRESHOLD
-                offset = prior.edge_offset(pr, voided, mask) if mode == "offset" else 0
-                out = prior.outside_brain(pr, mask, thr, offset)
+                offset = prior.edge_offset(pr, voided, mask) if mode.startswith("offset") else 0
+                mirror = prior.mirrored(voided, mask, aff) if mode.endswith("mirror") else None
+                out = prior.outside_brain(pr, mask, thr, offset, mirror)
                 row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr, "offset": offset,
                             "hits": int((out & truth_bg).sum()), "emptied_brain": int((out & ~truth_bg).sum()),
                             "psnr": psnr(np.where(out, 0, base), x, mask)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    tag = "" if args.fill == "laplace" else f"_{args.fill}"
+    tag = ("" if args.fill == "laplace" else f"_{args.fill}") + ("_inside" if args.inside else "")
     (args.out / f"prior_outline{tag}.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Outline prior on validation masks (spilling strokes on colin27_brain and fsA_norm)", "",
              "Command: `python -m benchmarks study prior-outline --data ../shared/data --out "

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import crops
-from ..mirror import lr_axis, midline, mirror_lr
+from ..mirror import lr_axis, mask_free_midline, mirror_lr
 
 TOLERANCE = 2  # voxels from the mirrored head: see the module's docstring
 
@@ -40,8 +40,7 @@ def outside_head(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None 
     axis = lr_axis(affine)
     # the head's midline from the left-right lines that miss the mask: a voided mask would pull it aside, a spill
     # counted as head the other way
-    free = ~mask.any(axis=axis, keepdims=True)
-    centre = midline(np.where(free, image, 0) if free.sum() > 0.2 * free.size else image, axis)
+    centre = mask_free_midline(image, mask, axis)
     head = mirror_lr(((image > 0) & ~mask).astype(np.float32), affine, centre=centre) > 0.5
     known = mirror_lr((~mask).astype(np.float32), affine, centre=centre) > 0.5
     far = ndimage.distance_transform_edt(~head[box]) > tolerance

@@ -173,11 +173,23 @@ def signed_distance(inside: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside) + inside
 
 
-def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, offset: int = 0) -> np.ndarray:
+def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, offset: int = 0,
+                  mirror: np.ndarray | None = None) -> np.ndarray:
     """The mask's voxels the registered template (its surface moved by ``offset`` voxels) puts outside the
-    brain."""
+    brain; with ``mirror`` (the image reflected across its midline, the mask left out, see :func:`mirrored`) only
+    those whose mirror is not brain either."""
     if not prior.usable:
         return np.zeros(mask.shape, bool)
     if offset == 0:
-        return mask & (prior.brain < threshold)
-    return mask & (signed_distance(prior.brain >= threshold) > offset)
+        out = mask & (prior.brain < threshold)
+    else:
+        out = mask & (signed_distance(prior.brain >= threshold) > offset)
+    return out if mirror is None else out & (mirror <= 0)
+
+
+def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    """``image`` reflected across the head's midline, taken from the left-right lines that miss the mask (a voided
+    mask would pull the usual estimate aside), the mask's voxels left out (0)."""
+    from ..mirror import lr_axis, mask_free_midline, mirror_lr
+
+    return mirror_lr(image, affine, exclude=mask, centre=mask_free_midline(image, mask, lr_axis(affine)))
