@@ -291,3 +291,20 @@ def test_bids_app_on_a_real_slurm_cluster(bids_ds, tmp_path, monkeypatch):
     assert main(ref) == 0
     for rel in ("sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz", DERIVED):
         assert (tmp_path / "out" / rel).read_bytes() == (tmp_path / "ref" / rel).read_bytes()
+
+
+def test_a_bids_client_collects_the_filled_dataset(bids_ds, tmp_path, linear_plugin):
+    """pybids, as fMRIPrep's collection code queries it (a layout without validation, anat T1w and roi), finds the
+    filled T1w and its lesion ROI in DIR, after a first run and after a rerun with fewer subjects."""
+    bids = pytest.importorskip("bids")
+    assert _run(bids_ds, tmp_path, linear_plugin, "01", "02") == 0
+    assert _run(bids_ds, tmp_path, linear_plugin, "02") == 0
+    layout = bids.BIDSLayout(str(tmp_path / "fd"), validate=False)
+    assert layout.get_dataset_description()["DatasetType"] == "raw"
+    for sub, rel in (("01", "sub-01/anat/sub-01_desc-lesionfilled_T1w.nii.gz"), ("02", DERIVED)):
+        t1w = layout.get(subject=sub, datatype="anat", suffix="T1w", extension=[".nii", ".nii.gz"],
+                         return_type="file")
+        roi = layout.get(subject=sub, datatype="anat", suffix="roi", return_type="file")
+        assert len(t1w) == 1 and len(roi) == 1, (t1w, roi)
+        assert Path(t1w[0]).read_bytes() == (tmp_path / "out" / rel).read_bytes()
+        assert "LesionFilling" in layout.get_metadata(t1w[0])
