@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .bids import AnatInput, build_name, write_json
+from .bids import AnatInput, build_name, copy_derivative, write_json
 from .io import atomic_write, sidecar_path
 
 SKIP = ("derivatives",)  # top-level folders of the input not carried over (BIDS apps ignore them)
@@ -80,11 +80,6 @@ def roi_name(entry: AnatInput, mask_kind: str = "lesion") -> str:
     ents = {k: v for k, v in entry.entities.items() if k != "suffix"}
     ents["label"] = mask_kind
     return f"{entry.anat_dir}/{build_name(ents, 'roi')}"
-
-
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _link(src: Path, dst: Path) -> bool:
@@ -162,7 +157,7 @@ def write(bids_dir, out_dir, filled: Mapping[Path, Path], entries: Iterable[Anat
     rois = {}
     for rel, derivative in filled.items():
         entry = entries[rel]
-        _copy(derivative, out / rel)
+        copy_derivative(derivative, out / rel)
         counts["filled"] += 1
         raw_side, derived_side = src / sidecar_path(rel), sidecar_path(derivative)
         data = json.loads(raw_side.read_text()) if raw_side.exists() else {}
@@ -178,7 +173,7 @@ def write(bids_dir, out_dir, filled: Mapping[Path, Path], entries: Iterable[Anat
             rois.setdefault(roi_name(entry, mask_kind), []).append((entry.suffix != "T1w", rel, entry.mask))
     for roi, users in rois.items():  # one roi per session: the T1w's mask wins
         _, _, mask = sorted(users)[0]
-        _copy(Path(mask), out / roi)
+        copy_derivative(mask, out / roi)
         counts["masks"] += 1
         for _, rel, _ in users:
             images[rel]["roi"] = roi

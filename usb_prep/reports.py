@@ -29,6 +29,9 @@ _VIEWS = ("sagittal", "coronal", "axial")
 
 
 def _canonical(img):
+    """An image's data in RAS-canonical voxel order, float32 (arrays, taken to be canonical already, pass)."""
+    if isinstance(img, np.ndarray):
+        return img.astype(np.float32, copy=False)
     img = nb.load(os.fspath(img)) if isinstance(img, (str, os.PathLike)) else img
     img = nb.as_closest_canonical(img)
     data = np.asanyarray(img.dataobj).astype(np.float32)
@@ -416,11 +419,12 @@ def report_parts(before, after, mask, settings: Mapping | None = None, *, fmt: s
     settings = dict(settings or {})
     out = {"summary": {}, "lesions": None, "check": None, "zooms": [], "methods": None}
     if mask is not None:
+        b, a, m = _canonical(before), _canonical(after), _canonical(mask)  # read once for every panel
         les = lesion_summary(mask, top=top)
-        out["lesions"], out["check"] = les, fill_check(after, mask)
+        out["lesions"], out["check"] = les, fill_check(a, m)
         for k, piece in enumerate(les["largest"], 1):
             cap = f"lesion {k}: {piece['ml']} ml at ({', '.join(str(c) for c in piece['centre_mm'])}) mm"
-            out["zooms"].append((cap, zoom_panel(before, after, mask, piece["centre_voxel"], fmt=fmt)))
+            out["zooms"].append((cap, zoom_panel(b, a, m, piece["centre_voxel"], fmt=fmt)))
     weights = settings.get("weights") or {}
     les = out["lesions"]
     source = settings.get("contrast_source")

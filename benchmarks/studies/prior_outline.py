@@ -72,55 +72,45 @@ def mask_mover(name, img):
     return move
 
 
-def inside_cases(data: Path, per_brain: int):
-    """Masks that stay inside the brain and touch its surface (where the prior runs): train-split strokes of
-    20-200 ml intersected with the brain, painted with the training synthesis."""
+def strokes(data: Path, per_brain: int, make):
+    """The first ``per_brain`` cases of each validation brain: train-split SOOP strokes of 20-200 ml on the brain,
+    each made a case by ``make(x, brain, lesion, n)`` -> ``(mask, painted image or None)``, or None when it is not
+    one; yields ``(brain name, mask name, image, mask, affine, painted)``."""
+    for name, img in brains(data).items():
+        x = img.get_fdata(dtype=np.float32)
+        brain = x > 0
+        x = x / np.percentile(x[brain], 99.5)
+        move = mask_mover(name, img)
+        n = 0
+        for path in [q for q in list_masks(data / "lesion_masks", "train") if q.parent.name == "soop"]:
+            m = nib.load(str(path))
+            m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
+            lesion = move(m) & brain
+            ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
+            if not 20 <= ml <= 200:
+                continue
+            case = make(x, brain, lesion, n)
+            if case is None:
+                continue
+            yield (name, path.name, x, case[0], img.affine, case[1])
+            n += 1
+            if n >= per_brain:
+                break
+
+
+def spilling(x, brain, lesion, n):
+    """The stroke grown 5 voxels past the brain (500 voxels or more outside it); the image is voided there."""
+    mask = ndimage.binary_dilation(lesion, iterations=5)
+    return None if (mask & ~brain).sum() < 500 else (mask, None)
+
+
+def inside(x, brain, lesion, n):
+    """The stroke inside the brain, painted with the training synthesis, where it touches the brain's surface
+    (where the prior runs)."""
     from ..cases import paint
 
-    for name, img in brains(data).items():
-        x = img.get_fdata(dtype=np.float32)
-        brain = x > 0
-        x = x / np.percentile(x[brain], 99.5)
-        move = mask_mover(name, img)
-        n = 0
-        for path in [q for q in list_masks(data / "lesion_masks", "train") if q.parent.name == "soop"]:
-            m = nib.load(str(path))
-            m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
-            lesion = move(m) & brain
-            ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
-            if not 20 <= ml <= 200:
-                continue
-            painted = paint("train", x, brain, lesion, np.random.default_rng(n))
-            if not (prior.needs_prior(painted, lesion) and prior.skull_stripped(painted, lesion)):
-                continue
-            yield name, path.name, x, lesion, img.affine, painted
-            n += 1
-            if n >= per_brain:
-                break
-
-
-def cases(data: Path, per_brain: int):
-    for name, img in brains(data).items():
-        x = img.get_fdata(dtype=np.float32)
-        brain = x > 0
-        x = x / np.percentile(x[brain], 99.5)
-        move = mask_mover(name, img)
-        n = 0
-        for path in [q for q in list_masks(data / "lesion_masks", "train") if q.parent.name == "soop"]:
-            m = nib.load(str(path))
-            m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
-            lesion = move(m) & brain
-            ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
-            if not 20 <= ml <= 200:
-                continue
-            mask = ndimage.binary_dilation(lesion, iterations=5)
-            spill = mask & ~brain
-            if spill.sum() < 500:
-                continue
-            yield name, path.name, x, mask, img.affine
-            n += 1
-            if n >= per_brain:
-                break
+    painted = paint("train", x, brain, lesion, np.random.default_rng(n))
+    return (lesion, painted) if prior.needs_prior(painted, lesion) and prior.skull_stripped(painted, lesion) else None
 
 
 def psnr(a, b, m):
@@ -144,9 +134,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    source = inside_cases(Path(args.data), args.per_brain) if args.inside else (
-        (*c, None) for c in cases(Path(args.data), args.per_brain))
-    for name, mname, x, mask, aff, painted in source:
+    for name, mname, x, mask, aff, painted in strokes(Path(args.data), args.per_brain,
+                                                       inside if args.inside else spilling):
         truth_bg = mask & (x <= 0)
         voided = np.where(mask, 0, x).astype(np.float32) if painted is None else painted
         kind = "inside_" if args.inside else ""

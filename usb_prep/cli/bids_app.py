@@ -362,7 +362,7 @@ def write_filled(opts, plan: Plan, ok, failed) -> dict:
     return res
 
 
-def write_dataset_reports(opts, plan: Plan, ok, causes: dict) -> None:
+def write_dataset_reports(opts, plan: Plan, causes: dict) -> None:
     """The dataset page (``usb_prep.html``: a row an image, linking its report), a page for each failed image
     (its cause and crash file) and ``logs/CITATION.md`` (the methods paragraph of what ran)."""
     from usb_prep import bids as core
@@ -370,7 +370,7 @@ def write_dataset_reports(opts, plan: Plan, ok, causes: dict) -> None:
 
     out = opts.output_dir.absolute()
     by_key = {e.key: e for e in plan.entries}
-    rows, first = [], None
+    rows, first = [], None  # first: a filled image whose sidecar gives the methods paragraph
     for key in plan.expected:
         if key in causes:
             cause, crash = causes[key]
@@ -380,14 +380,14 @@ def write_dataset_reports(opts, plan: Plan, ok, causes: dict) -> None:
         e = by_key[key]
         filled, mask = out / core.filled_name(e, opts.mask_kind), out / core.mask_name(e, opts.mask_kind)
         rows.append(reports.image_row(key, filled, mask, report=f"{key}.html"))
-        first = first or (filled, rows[-1])
+        first = first or filled
     rows += [{"key": key, "status": "skipped", "cause": reason} for key, reason in plan.skipped]
     reports.write_dataset_page(out / "usb_prep.html", rows)
     if first is not None:
         from usb_prep.io import sidecar_path
 
-        settings = json.loads(sidecar_path(first[0]).read_text()).get("LesionFilling", {})
-        reports.write_citation(out / "logs" / "CITATION.md", settings, lesion_ml=None)
+        settings = json.loads(sidecar_path(first).read_text()).get("LesionFilling", {})
+        reports.write_citation(out / "logs" / "CITATION.md", settings)
 
 
 def _forbidden(opts) -> dict:
@@ -577,7 +577,7 @@ def _run(opts, wf, plan: Plan) -> int:
                      f"; removed {len(gone)} stale output(s) of an earlier run" if gone else "")
     LOGGER.info("finished in %.0f s", time.time() - started)
     ok = [k for k in plan.expected if k not in failed]
-    write_dataset_reports(opts, plan, ok, causes)
+    write_dataset_reports(opts, plan, causes)
     if opts.filled_dataset:
         write_filled(opts, plan, ok, failed)
     print(f"usb-prep: {len(ok)} succeeded, {len(failed)} failed, {len(plan.skipped)} skipped")

@@ -85,21 +85,20 @@ def skull_stripped(image: np.ndarray, mask: np.ndarray) -> bool:
         float((image[fg & ~mask] <= 0).mean()) < 0.2
 
 
-def _template(brain_only: bool):
+def _template():
+    """nilearn's MNI152 2009 brain (2 mm, skull stripped by its brain mask) and that mask."""
     import nibabel as nib
     from nilearn import datasets
 
     tmpl = datasets.load_mni152_template(resolution=2)
     bmask = datasets.load_mni152_brain_mask(resolution=2)
-    t = np.asarray(tmpl.dataobj, np.float32)
     b = np.asarray(bmask.dataobj, np.float32)
-    if brain_only:
-        t = t * (b > 0.5)
+    t = np.asarray(tmpl.dataobj, np.float32) * (b > 0.5)
     return nib.Nifti1Image(t, tmpl.affine), nib.Nifti1Image(b, bmask.affine)
 
 
-def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *, brain_only: bool = True,
-                      spacing: float = SPACING, seed: int = 0) -> Prior:
+def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *, spacing: float = SPACING,
+                      seed: int = 0) -> Prior:
     """MNI152's brain mask warped onto ``image``'s grid (affine, then SyN at ``spacing`` mm; mattes mutual
     information, so any contrast), the mask grown by :data:`EXCLUDE_GROW` left out of the metric."""
     import nibabel as nib
@@ -112,7 +111,7 @@ def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *
     from ..data.prep import ants_to_nib, nib_to_ants, seeded_registration
 
     try:
-        tmpl, bmask = _template(brain_only)
+        tmpl, bmask = _template()
         fixed_full = nib_to_ants(nib.Nifti1Image(np.asarray(image, np.float32), affine))
         keep = ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
         weight_full = nib_to_ants(nib.Nifti1Image(keep.astype(np.float32), affine))
@@ -138,12 +137,18 @@ def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *
     return Prior(brain, quality, time.perf_counter() - t0, note)
 
 
+def _band(mask: np.ndarray, band: int) -> np.ndarray:
+    """The voxels within ``band`` of the mask, the mask grown by :data:`EXCLUDE_GROW` left out: where the image's
+    own brain edge is known and compared with the template's."""
+    return ndimage.binary_dilation(mask, iterations=band) & ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
+
+
 def edge_threshold(prior: Prior, image: np.ndarray, mask: np.ndarray, band: int = 8) -> float:
     """The warped brain-mask level that best matches the image's own brain edge near the mask: in a band of
     ``band`` voxels around the mask (the mask grown by :data:`EXCLUDE_GROW` left out), the level whose brain
     (``prior.brain >= level``) agrees with the image's (``image > 0``) on the most voxels. Corrects a template
     brain that is, locally, a little too large or too small."""
-    near = ndimage.binary_dilation(mask, iterations=band) & ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
+    near = _band(mask, band)
     if near.sum() < 100:
         return THRESHOLD
     b, own = prior.brain[near], image[near] > 0
@@ -157,7 +162,7 @@ def edge_offset(prior: Prior, image: np.ndarray, mask: np.ndarray, band: int = 8
     brain edge near the mask: in a band of ``band`` voxels around the mask (the mask grown by
     :data:`EXCLUDE_GROW` left out), the offset whose brain agrees with the image's (``image > 0``) on the most
     voxels. A skull strip that keeps more (dura, CSF) or less than the template's brain mask moves it."""
-    near = ndimage.binary_dilation(mask, iterations=band) & ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
+    near = _band(mask, band)
     if near.sum() < 100:
         return 0
     sd = signed_distance(prior.brain >= THRESHOLD)
