@@ -25,7 +25,8 @@ from usb_prep.fill import prior
 
 VARIANTS = {"3mm_t0.5": (3.0, "level"), "3mm_edge": (3.0, "edge"), "2mm_t0.5": (2.0, "level"),
             "2mm_edge": (2.0, "edge"), "3mm_offset": (3.0, "offset"), "2mm_offset": (2.0, "offset"),
-            "3mm_offset_mirror": (3.0, "offset_mirror")}
+            "3mm_offset_mirror": (3.0, "offset_mirror"), "3mm_offset_own": (3.0, "offset_own"),
+            "own": (3.0, "own"), "3mm_offset_hull": (3.0, "offset_hull"), "hull": (3.0, "hull")}  # "own" uses no template (the registration runs for the others)
 
 
 def laplace(image, mask, iters=400):
@@ -163,7 +164,9 @@ def main(argv=None):
                 thr = prior.edge_threshold(pr, voided, mask) if mode == "edge" else prior.THRESHOLD
                 offset = prior.edge_offset(pr, voided, mask) if mode.startswith("offset") else 0
                 mirror = prior.mirrored(voided, mask, aff) if mode.endswith("mirror") else None
-                out = prior.outside_brain(pr, mask, thr, offset, mirror)
+                own = prior.own_outside(voided, mask, hull=4 if mode.endswith("hull") else 0) \
+                    if mode.endswith(("own", "hull")) else None
+                out = (mask & own) if mode in ("own", "hull") else prior.outside_brain(pr, mask, thr, offset, mirror, own)
                 row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr, "offset": offset,
                             "hits": int((out & truth_bg).sum()), "emptied_brain": int((out & ~truth_bg).sum()),
                             "psnr": psnr(np.where(out, 0, base), x, mask)}

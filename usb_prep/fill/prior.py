@@ -179,17 +179,44 @@ def signed_distance(inside: np.ndarray) -> np.ndarray:
 
 
 def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, offset: int = 0,
-                  mirror: np.ndarray | None = None) -> np.ndarray:
+                  mirror: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
     """The mask's voxels the registered template (its surface moved by ``offset`` voxels) puts outside the
     brain; with ``mirror`` (the image reflected across its midline, the mask left out, see :func:`mirrored`) only
-    those whose mirror is not brain either."""
+    those whose mirror is not brain either; with ``own`` (:func:`own_outside`) only those the image's own edge
+    puts outside too."""
     if not prior.usable:
         return np.zeros(mask.shape, bool)
     if offset == 0:
         out = mask & (prior.brain < threshold)
     else:
         out = mask & (signed_distance(prior.brain >= threshold) > offset)
-    return out if mirror is None else out & (mirror <= 0)
+    if mirror is not None:
+        out &= mirror <= 0
+    return out if own is None else out & own
+
+
+def own_outside(image: np.ndarray, mask: np.ndarray, hull: int = 0) -> np.ndarray:
+    """The mask's voxels whose nearest boundary voxel (just outside the mask) is empty (<= 0): the image's own
+    brain surface carried straight into the mask, no template. With ``hull`` > 0 only empty voxels outside the
+    brain's hull count (the brain and the mask closed by ``hull`` voxels): sulcal CSF that a tight strip left at 0
+    is inside the hull, the space around the brain is not."""
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    pad = 2 + 2 * hull
+    box = tuple(slice(max(s.start - pad, 0), s.stop + pad)
+                for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+    m, x = mask[box], image[box]
+    ring = ndimage.binary_dilation(m) & ~m
+    if not ring.any():
+        return out
+    idx = ndimage.distance_transform_edt(~ring, return_distances=False, return_indices=True)
+    empty = ring & (x <= 0)
+    if hull:
+        closed = ndimage.binary_closing(np.pad((x > 0) | m, hull), iterations=hull)[(slice(hull, -hull),) * 3]
+        empty &= ~closed
+    out[box] = m & empty[tuple(idx)]
+    return out
 
 
 def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
