@@ -27,6 +27,7 @@ STUDIES = {  # study -> (module, what it decided)
     "depth-smooth": ("studies.depth_smooth", "smoothing the deep inside of a fill (not taken)"),
     "xl-parts": ("studies.xl_parts", "each part of the fill on masks of 150-500 ml"),
     "prior-outline": ("studies.prior_outline", "the outline prior's variant for masks that reach past the brain"),
+    "tissue-prior": ("studies.tissue_prior", "the tissue prior (registered template's tissue maps) on thick strokes"),
     "prior-check": ("studies.prior_check", "the outline prior on the benchmark's cases (why it is off by default)"),
 }
 

@@ -26,7 +26,8 @@ from usb_prep.fill import prior
 VARIANTS = {"3mm_t0.5": (3.0, "level"), "3mm_edge": (3.0, "edge"), "2mm_t0.5": (2.0, "level"),
             "2mm_edge": (2.0, "edge"), "3mm_offset": (3.0, "offset"), "2mm_offset": (2.0, "offset"),
             "3mm_offset_mirror": (3.0, "offset_mirror"), "3mm_offset_own": (3.0, "offset_own"),
-            "own": (3.0, "own"), "3mm_offset_hull": (3.0, "offset_hull"), "hull": (3.0, "hull")}  # "own" uses no template (the registration runs for the others)
+            "own": (3.0, "own"), "3mm_offset_hull": (3.0, "offset_hull"),
+            "hull": (3.0, "hull")}  # "own" and "hull" use no template (the registration runs for the others)
 
 
 def laplace(image, mask, iters=400):
@@ -73,10 +74,11 @@ def mask_mover(name, img):
     return move
 
 
-def strokes(data: Path, per_brain: int, make):
-    """The first ``per_brain`` cases of each validation brain: train-split SOOP strokes of 20-200 ml on the brain,
+def strokes(data: Path, per_brain: int, make, ml=(20, 200)):
+    """The first ``per_brain`` cases of each validation brain: train-split SOOP strokes of ``ml`` ml on the brain,
     each made a case by ``make(x, brain, lesion, n)`` -> ``(mask, painted image or None)``, or None when it is not
     one; yields ``(brain name, mask name, image, mask, affine, painted)``."""
+    ml_range = ml
     for name, img in brains(data).items():
         x = img.get_fdata(dtype=np.float32)
         brain = x > 0
@@ -88,7 +90,7 @@ def strokes(data: Path, per_brain: int, make):
             m = nib.Nifti1Image((np.asanyarray(m.dataobj) > 0.5).astype(np.uint8), m.affine)
             lesion = move(m) & brain
             ml = lesion.sum() * np.prod(img.header.get_zooms()[:3]) / 1000
-            if not 20 <= ml <= 200:
+            if not ml_range[0] <= ml <= ml_range[1]:
                 continue
             case = make(x, brain, lesion, n)
             if case is None:
@@ -112,6 +114,38 @@ def inside(x, brain, lesion, n):
 
     painted = paint("train", x, brain, lesion, np.random.default_rng(n))
     return (lesion, painted) if prior.needs_prior(painted, lesion) and prior.skull_stripped(painted, lesion) else None
+
+
+def own_outside(image: np.ndarray, mask: np.ndarray, hull: int = 0) -> np.ndarray:
+    """The mask's voxels whose nearest boundary voxel (just outside the mask) is empty (<= 0): the image's own
+    brain surface carried straight into the mask, no template. With ``hull`` > 0 only empty voxels outside the
+    brain's hull count (the brain and the mask closed by ``hull`` voxels): sulcal CSF that a tight strip left at 0
+    is inside the hull, the space around the brain is not."""
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    pad = 2 + 2 * hull
+    box = tuple(slice(max(s.start - pad, 0), s.stop + pad)
+                for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+    m, x = mask[box], image[box]
+    ring = ndimage.binary_dilation(m) & ~m
+    if not ring.any():
+        return out
+    idx = ndimage.distance_transform_edt(~ring, return_distances=False, return_indices=True)
+    empty = ring & (x <= 0)
+    if hull:
+        closed = ndimage.binary_closing(np.pad((x > 0) | m, hull), iterations=hull)[(slice(hull, -hull),) * 3]
+        empty &= ~closed
+    out[box] = m & empty[tuple(idx)]
+    return out
+
+
+def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    """``image`` reflected across the head's midline, taken from the left-right lines that miss the mask (a voided
+    mask would pull the usual estimate aside), the mask's voxels left out (0)."""
+    from ..mirror import lr_axis, mask_free_midline, mirror_lr
+
+    return mirror_lr(image, affine, exclude=mask, centre=mask_free_midline(image, mask, lr_axis(affine)))
 
 
 def psnr(a, b, m):
@@ -164,9 +198,10 @@ def main(argv=None):
                 thr = prior.edge_threshold(pr, voided, mask) if mode == "edge" else prior.THRESHOLD
                 offset = prior.edge_offset(pr, voided, mask) if mode.startswith("offset") else 0
                 mirror = prior.mirrored(voided, mask, aff) if mode.endswith("mirror") else None
-                own = prior.own_outside(voided, mask, hull=4 if mode.endswith("hull") else 0) \
-                    if mode.endswith(("own", "hull")) else None
-                out = (mask & own) if mode in ("own", "hull") else prior.outside_brain(pr, mask, thr, offset, mirror, own)
+                own = own_outside(voided, mask, hull=4 if mode.endswith("hull") else 0) \
+                    if mode.endswith(("own", "hull")) else mask
+                out = mask & own if mode in ("own", "hull") else \
+                    prior.outside_brain(pr, mask, thr, offset, mirror) & own
                 row[key] = {"seconds": pr.seconds, "quality": pr.quality, "threshold": thr, "offset": offset,
                             "hits": int((out & truth_bg).sum()), "emptied_brain": int((out & ~truth_bg).sum()),
                             "psnr": psnr(np.where(out, 0, base), x, mask)}

@@ -48,6 +48,7 @@ class Prior:
     quality: float
     seconds: float
     note: str = ""
+    tissues: np.ndarray | None = None  # (CSF, GM, WM) probabilities on the image's grid, when asked for
 
     @property
     def usable(self) -> bool:
@@ -97,10 +98,18 @@ def _template():
     return nib.Nifti1Image(t, tmpl.affine), nib.Nifti1Image(b, bmask.affine)
 
 
+def _tissue_maps():
+    """nilearn's MNI152 2009 GM and WM probability maps at 1 mm."""
+    from nilearn import datasets
+
+    return datasets.load_mni152_gm_template(resolution=1), datasets.load_mni152_wm_template(resolution=1)
+
+
 def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *, spacing: float = SPACING,
-                      seed: int = 0) -> Prior:
+                      seed: int = 0, tissues: bool = False) -> Prior:
     """MNI152's brain mask warped onto ``image``'s grid (affine, then SyN at ``spacing`` mm; mattes mutual
-    information, so any contrast), the mask grown by :data:`EXCLUDE_GROW` left out of the metric."""
+    information, so any contrast), the mask grown by :data:`EXCLUDE_GROW` left out of the metric; with
+    ``tissues`` its CSF, GM and WM maps too (:attr:`Prior.tissues`)."""
     import nibabel as nib
 
     t0 = time.perf_counter()
@@ -125,6 +134,12 @@ def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *
                                              interpolator="linear")
         warped_t1 = ants.apply_transforms(fixed, moving, reg["fwdtransforms"], interpolator="linear")
         brain = np.clip(ants_to_nib(warped_brain).get_fdata(dtype=np.float32), 0, 1)
+        maps = None
+        if tissues:
+            gm, wm = (np.clip(ants_to_nib(ants.apply_transforms(fixed_full, nib_to_ants(m), reg["fwdtransforms"],
+                                                                 interpolator="linear")).get_fdata(dtype=np.float32),
+                              0, 1) for m in _tissue_maps())
+            maps = np.stack([np.clip(brain - gm - wm, 0, 1), gm, wm])
         a, w = fixed.numpy(), weight.numpy() > 0.5
         t = warped_t1.numpy()
         sel = w & (a > 0) & (t > 0)
@@ -134,7 +149,7 @@ def register_template(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, *
     if not np.isfinite(quality):
         quality = 0.0
     note = "" if quality >= MIN_QUALITY else f"registration poor (correlation {quality:.2f} < {MIN_QUALITY})"
-    return Prior(brain, quality, time.perf_counter() - t0, note)
+    return Prior(brain, quality, time.perf_counter() - t0, note, maps)
 
 
 def _band(mask: np.ndarray, band: int) -> np.ndarray:
@@ -179,49 +194,54 @@ def signed_distance(inside: np.ndarray) -> np.ndarray:
 
 
 def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, offset: int = 0,
-                  mirror: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
+                  mirror: np.ndarray | None = None) -> np.ndarray:
     """The mask's voxels the registered template (its surface moved by ``offset`` voxels) puts outside the
     brain; with ``mirror`` (the image reflected across its midline, the mask left out, see :func:`mirrored`) only
-    those whose mirror is not brain either; with ``own`` (:func:`own_outside`) only those the image's own edge
-    puts outside too."""
+    those whose mirror is not brain either."""
     if not prior.usable:
         return np.zeros(mask.shape, bool)
     if offset == 0:
         out = mask & (prior.brain < threshold)
     else:
         out = mask & (signed_distance(prior.brain >= threshold) > offset)
-    if mirror is not None:
-        out &= mirror <= 0
-    return out if own is None else out & own
+    return out if mirror is None else out & (mirror <= 0)
 
 
-def own_outside(image: np.ndarray, mask: np.ndarray, hull: int = 0) -> np.ndarray:
-    """The mask's voxels whose nearest boundary voxel (just outside the mask) is empty (<= 0): the image's own
-    brain surface carried straight into the mask, no template. With ``hull`` > 0 only empty voxels outside the
-    brain's hull count (the brain and the mask closed by ``hull`` voxels): sulcal CSF that a tight strip left at 0
-    is inside the hull, the space around the brain is not."""
-    out = np.zeros(mask.shape, bool)
+def tissue_image(prior: Prior, image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The registered template's tissue maps times the image's own tissue means (each map's weighted mean of the
+    image in its brain outside the mask grown by :data:`EXCLUDE_GROW`): an estimate of the image known inside the
+    mask too, in the image's units and contrast. None where the prior is unusable or has no tissue maps."""
+    if not prior.usable or prior.tissues is None:
+        return None
+    keep = (image > 0) & ~ndimage.binary_dilation(mask, iterations=EXCLUDE_GROW)
+    p = prior.tissues
+    means = [float((p[k][keep] * image[keep]).sum() / max(p[k][keep].sum(), 1e-6)) for k in range(len(p))]
+    total = p.sum(0)
+    out = sum(m * p[k] for k, m in enumerate(means)) / np.maximum(total, 1e-6)
+    return np.where(total > 0.05, out, 0).astype(np.float32)
+
+
+def mask_depth(mask: np.ndarray) -> np.ndarray:
+    """Each mask voxel's distance (voxels) to the nearest voxel outside the mask; 0 outside."""
     if not mask.any():
-        return out
-    pad = 2 + 2 * hull
-    box = tuple(slice(max(s.start - pad, 0), s.stop + pad)
-                for s in ndimage.find_objects(mask.astype(np.uint8))[0])
-    m, x = mask[box], image[box]
-    ring = ndimage.binary_dilation(m) & ~m
-    if not ring.any():
-        return out
-    idx = ndimage.distance_transform_edt(~ring, return_distances=False, return_indices=True)
-    empty = ring & (x <= 0)
-    if hull:
-        closed = ndimage.binary_closing(np.pad((x > 0) | m, hull), iterations=hull)[(slice(hull, -hull),) * 3]
-        empty &= ~closed
-    out[box] = m & empty[tuple(idx)]
+        return np.zeros(mask.shape, np.float32)
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+    out = np.zeros(mask.shape, np.float32)
+    out[box] = ndimage.distance_transform_edt(mask[box])
     return out
 
 
-def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    """``image`` reflected across the head's midline, taken from the left-right lines that miss the mask (a voided
-    mask would pull the usual estimate aside), the mask's voxels left out (0)."""
-    from ..mirror import lr_axis, mask_free_midline, mirror_lr
+def thick(mask: np.ndarray, voxel_size=(1.0, 1.0, 1.0), ml: float = 30.0, depth: float = 6.0) -> bool:
+    """Whether a mask is thick enough for the tissue prior: ``ml`` or more, its deepest voxel ``depth`` voxels or
+    more from its edge (an MS mask of many small lesions is neither deep nor, lesion by lesion, large)."""
+    if mask.sum() * float(np.prod(voxel_size)) / 1000 < ml:
+        return False
+    return float(mask_depth(mask).max()) >= depth
 
-    return mirror_lr(image, affine, exclude=mask, centre=mask_free_midline(image, mask, lr_axis(affine)))
+
+def depth_blend(fill: np.ndarray, tissue: np.ndarray, mask: np.ndarray, lo: float = 2.0, hi: float = 8.0,
+                weight: float = 0.6) -> np.ndarray:
+    """``fill`` with ``tissue`` mixed in by depth: weight 0 up to ``lo`` voxels deep, rising to ``weight`` at ``hi``
+    and beyond; outside the mask, ``fill`` unchanged."""
+    w = weight * np.clip((mask_depth(mask) - lo) / (hi - lo), 0, 1)
+    return np.where(mask, (1 - w) * fill + w * tissue, fill).astype(np.float32)
