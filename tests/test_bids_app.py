@@ -59,6 +59,7 @@ def test_bids_app_runs_and_resumes(bids_ds, tmp_path, linear_plugin):
     assert side["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz",
                                "bids:raw:sub-01/anat/sub-01_label-lesion_roi.nii.gz"]
     assert side["SkullStripped"] is False and side["LesionFilling"]["method"] == "wmstats"
+    assert side["LesionFilling"]["contrast"] == "t1w" and side["LesionFilling"]["contrast_source"] == "name"
     assert json.loads((out / "sub-01/anat/sub-01_label-lesion_mask.json").read_text())["Type"] == "Lesion"
     # filled: outside the mask identical, inside changed
     src = np.asanyarray(nb.load(str(bids_ds / "sub-01/anat/sub-01_T1w.nii.gz")).dataobj)

@@ -308,8 +308,9 @@ def test_told_contrast_the_image_contradicts_is_warned(mni_scans, tmp_path):
     flair_as_t1w.write_bytes(mni_scans["flair"].read_bytes())
     from usb_prep.api import fill_lesion
 
-    res = fill_lesion(flair_as_t1w, mni_scans["mask"], contrast="auto", method="wmstats")
-    assert res.settings["contrast"] == "t1w" and res.settings["contrast_source"] == "name"
+    for told in ("auto", "t1w"):  # an option that agrees with the name: the name told it (as in the BIDS app)
+        res = fill_lesion(flair_as_t1w, mni_scans["mask"], contrast=told, method="wmstats")
+        assert res.settings["contrast"] == "t1w" and res.settings["contrast_source"] == "name"
     warn = [m for m in res.messages if m.startswith("warning:")]
     assert warn and "flair" in warn[0] and "t1w" in warn[0] and "name" in warn[0], res.messages
     res = fill_lesion(mni_scans["t1w"], mni_scans["mask"], contrast="flair", method="wmstats")

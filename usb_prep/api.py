@@ -162,8 +162,9 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
         raise ValueError("a guide contrast serves method 'usb' with a mask only")
     given = {k: v for k, v in overrides.items() if v is not None}
     contrast = str(contrast).lower()
-    told, source = (contrast, "option") if contrast != "auto" else (
-        told_contrast(image) if isinstance(image, (str, os.PathLike)) else (None, None))
+    named = told_contrast(image) if isinstance(image, (str, os.PathLike)) else (None, None)
+    # an option that says what the name says (the BIDS app passes the suffix) records the name as the source
+    told, source = named if contrast == "auto" or contrast == named[0] else (contrast, "option")
     if told is not None:
         fill_role(told)  # unknown contrasts fail here
     if method != "usb" and (given or settings is not None):
