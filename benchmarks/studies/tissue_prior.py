@@ -22,12 +22,16 @@ import torch
 
 from usb_prep import api
 from usb_prep.fill import prior
+from usb_prep.fill.context import FillContext
+from usb_prep.fill.pipeline import run_fill, settings_for
 from usb_prep.weights import load_model
 
 from ..cases import paint
 from .prior_outline import psnr, strokes
 
-VARIANTS = ("aux05", "aux1", "blend06")
+VARIANTS = ("aux05", "aux1", "blend06", "start400", "start700")
+FIRST = ("aux05", "aux1", "blend06")  # the first rule's variants; start*: the model stage starts from the tissue
+#                                        image noised to that step (SDEdit), the amendment's
 GROUPS = {"thick": (35, 400), "medium": (10, 35)}
 
 
@@ -39,12 +43,15 @@ def main(argv=None):
     p.add_argument("--medium-per-brain", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None, help="folder keeping each case's packaged fill")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(FIRST))
     a = p.parse_args(argv)
+    variants = tuple(a.variants)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     model, _ = load_model(None, "fill", "cpu")
     rows = []
-    log = (a.out / "tissue_prior.jsonl").open("w")
+    tag = "" if variants == FIRST else "_" + "_".join(variants)
+    log = (a.out / f"tissue_prior{tag}.jsonl").open("w")
     for group, n in (("thick", a.per_brain), ("medium", a.medium_per_brain)):
         def make(x, brain, lesion, i):
             return lesion, paint("train", x, brain, lesion, np.random.default_rng(i))
@@ -68,9 +75,12 @@ def main(argv=None):
             row.update(quality=reg.quality, reg_seconds=reg.seconds, psnr_tissue=psnr(
                 np.where(mask, tissue, painted), x, mask) if tissue is not None else None)
             if tissue is not None:
-                for v in VARIANTS:
+                for v in variants:
                     if v == "blend06":
                         out = prior.depth_blend(base, tissue, mask)
+                    elif v.startswith("start"):
+                        ctx = FillContext(painted, mask, affine=aff, voxel_size=tuple(zooms), seed=0, start=tissue)
+                        out = run_fill(model, ctx, settings_for(model, t_start=int(v[5:])), device="cpu").final
                     else:
                         out = api.fill_array(painted, mask, model=model, affine=aff, device="cpu", seed=0,
                                              guide=tissue, guide_weight=0.5 if v == "aux05" else 1.0)
@@ -84,20 +94,20 @@ def main(argv=None):
              "Command: `python -m benchmarks study tissue-prior --data ../shared/data --out "
              "benchmarks/results/validation/tissue`. Cells: in-mask PSNR (dB); `tissue`: the tissue image alone; "
              "gate: the prior would run (30 ml or more, 6 voxels deep).", "",
-             "| group | case | ml | gate | quality | packaged | tissue | " + " | ".join(VARIANTS) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(VARIANTS)]
+             "| group | case | ml | gate | quality | packaged | tissue | " + " | ".join(variants) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(variants)]
     for r in rows:
-        cells = " | ".join(f"{r[v]:.2f}" if v in r else "-" for v in VARIANTS)
+        cells = " | ".join(f"{r[v]:.2f}" if v in r else "-" for v in variants)
         tis = f"{r['psnr_tissue']:.2f}" if r["psnr_tissue"] is not None else "-"
         lines.append(f"| {r['group']} | {r['brain']}/{r['mask']} | {r['ml']:.0f} | {r['gate']} | {r['quality']:.2f} | "
                      f"{r['psnr_base']:.2f} | {tis} | {cells} |")
     for g in GROUPS:
-        sel = [r for r in rows if r["group"] == g and all(v in r for v in VARIANTS)]
+        sel = [r for r in rows if r["group"] == g and all(v in r for v in variants)]
         if sel:
             lines.append(f"| **{g} mean** | | | | | {np.mean([r['psnr_base'] for r in sel]):.2f} | | "
-                         + " | ".join(f"**{np.mean([r[v] - r['psnr_base'] for r in sel]):+.2f}**" for v in VARIANTS)
+                         + " | ".join(f"**{np.mean([r[v] - r['psnr_base'] for r in sel]):+.2f}**" for v in variants)
                          + " |")
-    (a.out / "tissue_prior.md").write_text("\n".join(lines) + "\n")
+    (a.out / f"tissue_prior{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

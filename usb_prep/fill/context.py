@@ -30,12 +30,15 @@ class FillContext:
     device: Any = "cpu"
     progress: Any = None
     other_contrast: np.ndarray | None = None
+    start: np.ndarray | None = None  # what the model stage noises inside the mask (a prior's image); None: the image
 
     def __post_init__(self):
         self.image = np.asarray(self.image, np.float32)
         self.mask = np.asarray(self.mask, bool)
         if self.image.shape != self.mask.shape:
             raise ValueError(f"image {self.image.shape} and mask {self.mask.shape} differ in shape")
+        if self.start is not None and np.shape(self.start) != self.image.shape:
+            raise ValueError(f"the model stage's start {np.shape(self.start)} and the image {self.image.shape} differ")
         if self.other_contrast is not None:
             self.other_contrast = np.asarray(self.other_contrast, np.float32)
             if self.other_contrast.shape != self.image.shape:

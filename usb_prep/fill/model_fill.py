@@ -49,8 +49,9 @@ def _fill_crops(model, ctx, settings, dev, progress, calibrate) -> np.ndarray:
     hi = float(out[~mask].max()) if (~mask).any() else 1.0  # fills stay within the image's own range
     gen = generator(ctx.seed)
     progress.grow(len(boxes) * settings.steps * settings.samples)
+    src = out if ctx.start is None else np.where(mask, ctx.start, out).astype(np.float32)
     for box in boxes:
-        v = crops.extract(out, box)
+        v = crops.extract(src, box)
         m = crops.extract(mask, box)
         mi = crops.extract(mirrored, box) if mirrored is not None else None
         if needs_zoom:
