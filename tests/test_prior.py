@@ -103,3 +103,57 @@ def test_the_mirror_keeps_a_cortical_mask_whose_other_side_is_brain():
     voided = np.where(spill, 0, image).astype(np.float32)
     out = prior.outside_brain(wrong, spill, mirror=prior.mirrored(voided, spill, aff))
     assert (out & (r > 15.5)).sum() >= 0.8 * (spill & (r > 15.5)).sum()
+
+
+def test_tissue_prior_gate_depth_blend_and_tissue_image():
+    """The gate admits one thick lesion, not many small ones of the same volume; the blend's weight follows depth;
+    the tissue image is the maps times the image's own levels, known inside the mask."""
+    shape = (60, 60, 60)
+    ii = np.indices(shape) - 30
+    r = np.sqrt((ii ** 2).sum(0))
+    ball = r <= 21  # ~39 ml at 1 mm, 21 voxels deep
+    assert prior.thick(ball) and not prior.thick(ball, depth=25) and not prior.thick(r <= 8)
+    many = np.all((ii + 30) % 4 < 3, axis=0)  # 3375 lesions of 3^3 voxels: 91 ml, none deep
+    assert many.sum() >= 30_000 and not prior.thick(many)
+
+    depth = prior.mask_depth(ball)
+    fill, tissue = np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    out = prior.depth_blend(fill, tissue, ball, weight=0.6)
+    assert np.all(out[~ball] == 0) and np.all(out[ball & (depth <= 2)] == 0)
+    assert np.allclose(out[depth >= 8], 0.6) and np.all(np.diff([out[depth == d].mean() for d in range(2, 9)]) > 0)
+
+    # three tissues in shells; the maps say which is where; the image's own levels come back inside the mask
+    csf, gm, wm = (r > 20) & (r <= 26), (r > 12) & (r <= 20), r <= 12
+    image = (0.2 * csf + 0.5 * gm + 0.9 * wm).astype(np.float32)
+    mask = (np.abs(ii[0]) <= 6) & (np.abs(ii[1]) <= 6) & (ii[2] >= 5) & (ii[2] <= 23)  # across WM, GM and CSF
+    voided = np.where(mask, 0, image).astype(np.float32)
+    maps = np.stack([csf, gm, wm]).astype(np.float32)
+    reg = prior.Prior(brain=(r <= 26).astype(np.float32), quality=0.9, seconds=0.0, tissues=maps)
+    t = prior.tissue_image(reg, voided, mask)
+    assert np.allclose(t[mask], image[mask], atol=1e-5)
+    assert prior.tissue_image(prior.Prior(brain=reg.brain, quality=0.1, seconds=0.0, tissues=maps), voided,
+                              mask) is None  # a poor registration gives no tissue image
+
+
+def test_tissue_prior_runs_on_thick_masks_only(stripped_brain, tiny_weights):
+    from scipy import ndimage
+
+    from usb_prep.weights import load_model
+
+    x, brain = stripped_brain["image"], stripped_brain["brain"]
+    ii = np.indices(x.shape)
+    thick = ((ii[0] - 62) ** 2 + (ii[1] - 60) ** 2 + (ii[2] - 45) ** 2 <= 11 ** 2) & brain  # 2 mm voxels: ~40 ml
+    voided = np.where(thick, 0, x).astype(np.float32)
+    model, _ = load_model(tiny_weights, "fill")
+    kw = dict(model=model, affine=stripped_brain["affine"], voxel_size=(2.0, 2.0, 2.0), device="cpu", steps=1)
+    without = api.fill_parts(voided, thick, **kw, tissue_prior=0.0)
+    with_ = api.fill_parts(voided, thick, **kw, tissue_prior=0.6)
+    assert without.prior is None and with_.prior["used"] and with_.prior["tissue_weight"] == 0.6
+    assert not with_.prior["outline"] and "prior" in with_.seconds
+    depth = prior.mask_depth(thick)
+    changed = with_.final != without.final
+    assert not changed[~thick].any() and not changed[thick & (depth <= 2)].any()
+    assert changed[depth >= 4].mean() > 0.9
+    assert any("tissue image" in m for m in api.prior_messages(with_))
+    small = ndimage.binary_erosion(thick, iterations=8)  # a few ml: the gate keeps it out
+    assert api.fill_parts(np.where(small, 0, x), small, **kw, tissue_prior=0.6).prior is None

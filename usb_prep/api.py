@@ -142,6 +142,22 @@ def _voxel_size(img) -> tuple[float, float, float]:
     return tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
+def prior_messages(parts) -> list[str]:
+    """What a fill's template priors did (``parts.prior``), in words."""
+    p, said = parts.prior, []
+    how = f"registration correlation {p['quality']:.2f}, {p['seconds']:.0f} s"
+    which = " and ".join(n for n, ran in (("tissue", p["tissue_weight"] > 0), ("outline", p["outline"])) if ran)
+    if not p["used"]:
+        return [f"the {which} prior was not used: {p.get('note', '')}; filled as without it"]
+    if p["tissue_weight"] > 0:
+        said.append(f"a thick mask: the registered MNI152 tissue image mixed into the fill's depth (tissue_prior "
+                    f"{p['tissue_weight']}; {how})")
+    if p["outline"]:
+        said.append(f"the mask reaches past the brain: {parts.outline_voxels} mask voxels that the registered MNI152 "
+                    f"brain puts outside it left as background (outline_prior; {how})")
+    return said
+
+
 def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto", method: str = "usb",
                 resample_mask: bool = False, progress: bool = False, num_threads: int | None = None,
                 mask_kind: str = "lesion", settings=None, contrast: str = "t1w", guide=None, **overrides) -> FillResult:
@@ -235,15 +251,8 @@ def fill_lesion(image, mask=None, *, weights=None, seed: int = 0, device="auto",
                     messages.append(f"{parts.background_voxels} mask voxels lie outside the head (background here and "
                                     "in the mirror): left as background (keep_background)")
                 if parts.prior is not None:
-                    record["outline_prior_run"] = {**parts.prior, "outline_voxels": parts.outline_voxels}
-                    if parts.prior["used"]:
-                        messages.append(f"the mask reaches past the brain: {parts.outline_voxels} mask voxels that the "
-                                        "registered MNI152 brain puts outside it left as background (outline_prior; "
-                                        f"registration correlation {parts.prior['quality']:.2f}, "
-                                        f"{parts.prior['seconds']:.0f} s)")
-                    else:
-                        messages.append(f"the mask reaches past the brain, but the outline prior was not used: "
-                                        f"{parts.prior.get('note', '')}; filled as without it")
+                    messages += prior_messages(parts)
+                    record["prior_run"] = {**parts.prior, "outline_voxels": parts.outline_voxels}
         else:
             if m is None:
                 raise ValueError(f"method {method!r} needs a mask")

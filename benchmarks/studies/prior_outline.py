@@ -140,14 +140,6 @@ def own_outside(image: np.ndarray, mask: np.ndarray, hull: int = 0) -> np.ndarra
     return out
 
 
-def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
-    """``image`` reflected across the head's midline, taken from the left-right lines that miss the mask (a voided
-    mask would pull the usual estimate aside), the mask's voxels left out (0)."""
-    from ..mirror import lr_axis, mask_free_midline, mirror_lr
-
-    return mirror_lr(image, affine, exclude=mask, centre=mask_free_midline(image, mask, lr_axis(affine)))
-
-
 def psnr(a, b, m):
     return float(10 * np.log10(1.0 / np.mean((a[m] - b[m]) ** 2)))
 

@@ -53,7 +53,7 @@ class FillParts:
     rim_voxels: int = 0  # voxels auto_ring added to the working mask (missed rims)
     background_voxels: int = 0  # mask voxels left as background (keep_background: the mask spills out of the head)
     outline_voxels: int = 0  # mask voxels left as background by the registered template's brain (outline_prior)
-    prior: dict | None = None  # the outline prior's record (registration quality, seconds, used), where it ran
+    prior: dict | None = None  # the template registration's record (quality, seconds, used; which prior ran), if any
     seconds: dict = field(default_factory=dict)  # wall seconds per stage
 
 
@@ -105,31 +105,49 @@ def run_fill(model, ctx: FillContext, settings: FillSettings, *, stages=None, de
         bar.close()
     final = next(getattr(parts, n) for n in RESULTS if getattr(parts, n) is not None)
     parts.final = final if ctx.mask is given.mask else np.where(given.mask, final, given.image)
-    if settings.keep_background and not empty:
+    if empty:
+        return parts
+    registered = prior_stage(given, parts, settings, seed=ctx.seed)
+    if settings.keep_background:
         outside = outside_head(given.image, given.mask, given.affine)
         parts.background_voxels = int(outside.sum())
         if parts.background_voxels:
             parts.final = np.where(outside, given.image, parts.final)
-    if settings.outline_prior and not empty:
-        outline_stage(given, parts, seed=ctx.seed)
+    if parts.prior is not None and parts.prior["outline"]:
+        outline_stage(given, parts, registered)
     return parts
 
 
-def outline_stage(ctx: FillContext, parts: FillParts, seed: int = 0) -> None:
-    """Where a mask reaches the empty space around a skull-stripped brain (:func:`prior.needs_prior`), its voxels
-    that the registered template puts outside the brain become background (0) in ``parts.final``."""
-    if not (prior.needs_prior(ctx.image, ctx.mask) and prior.skull_stripped(ctx.image, ctx.mask)):
-        return
+def prior_stage(ctx: FillContext, parts: FillParts, settings: FillSettings, seed: int = 0):
+    """The registered template, where a prior runs (None elsewhere): the tissue prior on thick masks
+    (:func:`prior.thick`), mixed into ``parts.final`` by depth here; the outline prior where a mask reaches the
+    empty space around a skull-stripped brain (applied by :func:`outline_stage` after ``keep_background``). One
+    registration serves both; ``parts.prior`` records it and which ran."""
+    tissue = settings.tissue_prior > 0 and prior.thick(ctx.mask, ctx.voxel_size)
+    outline = settings.outline_prior and prior.needs_prior(ctx.image, ctx.mask) and \
+        prior.skull_stripped(ctx.image, ctx.mask)
+    if not (tissue or outline):
+        return None
     t0 = time.perf_counter()
     affine = ctx.affine if ctx.affine is not None else np.diag([*ctx.voxel_size, 1.0])
-    registered = prior.register_template(ctx.image, ctx.mask, affine, seed=seed)
+    registered = prior.register_template(ctx.image, ctx.mask, affine, seed=seed, tissues=tissue)
+    parts.prior = {**registered.record(), "outline": outline, "tissue_weight": settings.tissue_prior if tissue else 0}
+    image = prior.tissue_image(registered, ctx.image, ctx.mask) if tissue else None
+    if image is not None:
+        parts.final = prior.depth_blend(parts.final, image, ctx.mask, weight=settings.tissue_prior)
+    parts.seconds["prior"] = time.perf_counter() - t0
+    return registered
+
+
+def outline_stage(ctx: FillContext, parts: FillParts, registered) -> None:
+    """The mask's voxels that the registered template (its surface moved to the image's own edge) puts outside
+    the brain become background (0) in ``parts.final``."""
     offset = prior.edge_offset(registered, ctx.image, ctx.mask) if registered.usable else 0
     out = prior.outside_brain(registered, ctx.mask, offset=offset)
-    parts.prior = {**registered.record(), "surface_offset_voxels": offset}
+    parts.prior["surface_offset_voxels"] = offset
     parts.outline_voxels = int(out.sum())
     if parts.outline_voxels:
         parts.final = np.where(out, np.float32(0), parts.final)
-    parts.seconds["outline"] = time.perf_counter() - t0
 
 
 def settings_for(model, settings: FillSettings | dict | None = None, **overrides) -> FillSettings:

@@ -207,6 +207,14 @@ def outside_brain(prior: Prior, mask: np.ndarray, threshold: float = THRESHOLD, 
     return out if mirror is None else out & (mirror <= 0)
 
 
+def mirrored(image: np.ndarray, mask: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    """``image`` reflected across the head's midline, taken from the left-right lines that miss the mask (a voided
+    mask would pull the usual estimate aside), the mask's voxels left out (0)."""
+    from ..mirror import lr_axis, mask_free_midline, mirror_lr
+
+    return mirror_lr(image, affine, exclude=mask, centre=mask_free_midline(image, mask, lr_axis(affine)))
+
+
 def tissue_image(prior: Prior, image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     """The registered template's tissue maps times the image's own tissue means (each map's weighted mean of the
     image in its brain outside the mask grown by :data:`EXCLUDE_GROW`): an estimate of the image known inside the

@@ -43,6 +43,7 @@ MODEL_ONLY = {
     "auto_ring": False,
     "keep_background": True,
     "outline_prior": False,
+    "tissue_prior": 0.0,
     "samples": 1,
     "patch_weight": 0.0,
     "nlm_weight": 0.0,
@@ -80,6 +81,10 @@ class FillSettings:
                                     "drawn before stripping): register nilearn's MNI152 brain to the image (antspyx) "
                                     "and keep as background the mask voxels it puts outside the brain (on a mask "
                                     "inside the brain it can empty brain at its edge: off by default)")
+    tissue_prior: float = _f(float, "for thick masks (30 ml or more, 6 voxels deep): register nilearn's MNI152 "
+                                    "tissue maps to the image (antspyx) and mix their tissue image (the image's own "
+                                    "GM/WM/CSF levels) into the fill, its weight rising from 0 at 2 voxels deep to "
+                                    "this at 8 voxels and deeper; 0: off", 0.0, 1.0)
     samples: int = _f(int, "model fills averaged (each under its own flip of the axes and noise)", 1, 64)
     patch_weight: float = _f(float, "share of the classical patch fill in the blend", 0.0, 1.0)
     nlm_weight: float = _f(float, "share of the model-guided non-local-means fill in the blend", 0.0, 1.0)
