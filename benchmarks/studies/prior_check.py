@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,14 @@ def main(argv=None):
     p.add_argument("--mirror", action="store_true", help="the variant that also needs the mirror to be background")
     p.add_argument("--tissue", action="store_true", help="the tissue prior's depth blend instead of the outline")
     p.add_argument("--weight", type=float, default=0.6, help="the tissue blend's weight (--tissue)")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="--tissue: write truth / input / fills of the first thick case and of BraTS here (PNG)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = Path(a.data)
     model, _ = load_model(None, "fill", "cpu")
     if a.tissue:
-        return tissue_check(model, data, Path(a.brains), a.weight)
+        return tissue_check(model, data, Path(a.brains), a.weight, a.figures)
     cases = make_cases([load_brain(b, data, Path(a.brains)) for b in BRAINS], data, 1, FAMILIES, log=lambda m: None)
     for c in cases:
         runs = prior.needs_prior(c.image, c.mask) and prior.skull_stripped(c.image, c.mask)
@@ -57,29 +60,45 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
 
 
-def tissue_check(model, data: Path, brains: Path, weight: float):
-    """The tissue blend on the benchmark's cases its gate admits, then on the BraTS case (with and without the
-    outline prior, which BraTS users would turn on)."""
+def tissue_check(model, data: Path, brains: Path, weight: float, figures: Path | None = None):
+    """The fill with and without ``tissue_prior`` = ``weight`` (as it would ship: :func:`usb_prep.api.fill_parts`)
+    on the benchmark's cases its gate admits, then on the BraTS case."""
     loaded = [load_brain(b, data, brains) for b in BRAINS]
     thresholds = {b.name: tissue_classes(b.image, b.brain) for b in loaded}
     for c in make_cases(loaded, data, 1, FAMILIES, log=lambda m: None):
         zooms = np.sqrt((c.affine[:3, :3] ** 2).sum(0))
         row = {"case": c.name, "ml": round(c.volume_ml, 1), "gate": prior.thick(c.mask, zooms)}
         if row["gate"]:
-            fill = api.fill_array(c.image, c.mask, model=model, affine=c.affine, device="cpu", seed=0)
-            reg = prior.register_template(c.image, c.mask, c.affine, tissues=True)
-            tissue = prior.tissue_image(reg, c.image, c.mask)
-            blended = fill if tissue is None else prior.depth_blend(fill, tissue, c.mask, weight=weight)
-            before, after = (scores(x, c, thresholds[c.brain]) for x in (fill, blended))
-            row.update(quality=round(reg.quality, 3), psnr_without=round(before["psnr"], 3),
+            fills = {w: api.fill_parts(c.image, c.mask, model=model, affine=c.affine, voxel_size=tuple(zooms),
+                                       device="cpu", seed=0, tissue_prior=w) for w in (0.0, weight)}
+            before, after = (scores(fills[w].final, c, thresholds[c.brain]) for w in (0.0, weight))
+            row.update(prior=fills[weight].prior, psnr_without=round(before["psnr"], 3),
                        psnr_with=round(after["psnr"], 3), tissue_without=round(before["tissue"], 3),
-                       tissue_with=round(after["tissue"], 3), registration_s=round(reg.seconds, 1))
+                       tissue_with=round(after["tissue"], 3))
+            if figures is not None and not list(figures.glob("fig_thick_*.png")):
+                figure([("truth", c.truth), ("input", c.image), ("usb_prep", fills[0.0].final),
+                        (f"usb_prep, tissue prior {weight}", fills[weight].final)], c.mask, c.mask,
+                       f"{c.name} ({c.volume_ml:.0f} ml): the mask outlined in red",
+                       figures / f"fig_thick_{c.name.replace('/', '_')}.png")
         print(json.dumps(row), flush=True)
-    brats_check(model, data, weight)
+    brats_check(model, data, weight, figures)
 
 
-def brats_check(model, data: Path, weight: float):
-    """The BraTS case: the packaged fill, with the tissue blend, with the outline prior, with both."""
+def figure(cols, contour, around, title, png):
+    """Three planes through the centre of mass of ``around``, ``contour`` outlined
+    (:func:`benchmarks.brats_figure.three_planes`)."""
+    from scipy import ndimage
+
+    from ..brats_figure import three_planes
+
+    png.parent.mkdir(parents=True, exist_ok=True)
+    centre = [int(v) for v in np.round(ndimage.center_of_mass(around))]
+    three_planes(cols, contour, centre, float(np.percentile(cols[0][1][cols[0][1] > 0], 99.5)), title, png)
+
+
+def brats_check(model, data: Path, weight: float, figures: Path | None = None):
+    """The BraTS case, the challenge's metric: the fill without and with the tissue prior, each without and with
+    the outline prior (which users filling such a region would turn on)."""
     import tempfile
 
     import nibabel as nib
@@ -90,26 +109,29 @@ def brats_check(model, data: Path, weight: float):
     lab, n = ndimage.label(mask)
     healthy = mask & (lab != 1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
     d = data / "patients" / "brats_gli_00001"
-    reg = prior.register_template(x, mask, affine, tissues=True)
-    tissue = prior.tissue_image(reg, x, mask)
+    shown = [("truth", nib.load(str(d / "t1n.nii.gz")).get_fdata(dtype=np.float32) / scale), ("voided input", x)]
     with tempfile.TemporaryDirectory() as tmp:
         hp = Path(tmp) / "healthy.nii.gz"
         nib.save(nib.Nifti1Image(healthy.astype(np.uint8), affine), str(hp))
         for outline in (False, True):
-            parts = api.fill_parts(x, mask, model=model, affine=affine, device="cpu", seed=0, outline_prior=outline)
-            fills = {"without": parts.final}
-            if tissue is not None:  # the blend where the outline left tissue (its background stays)
-                fills["with"] = np.where(parts.final > 0, prior.depth_blend(parts.final, tissue, mask, weight=weight),
-                                         parts.final) if outline else prior.depth_blend(parts.final, tissue, mask,
-                                                                                        weight=weight)
-            row = {"case": "brats_gli_00001", "outline_prior": outline, "quality": round(reg.quality, 3)}
-            for k, arr in fills.items():
-                pp = Path(tmp) / f"{k}.nii.gz"
-                nib.save(nib.Nifti1Image((arr * scale).astype(np.float32), affine), str(pp))
+            for w in (0.0, weight):
+                t0 = time.perf_counter()
+                parts = api.fill_parts(x, mask, model=model, affine=affine, device="cpu", seed=0,
+                                       outline_prior=outline, tissue_prior=w)
+                row = {"case": "brats_gli_00001", "outline_prior": outline, "tissue_prior": w, "prior": parts.prior,
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                pp = Path(tmp) / "fill.nii.gz"
+                nib.save(nib.Nifti1Image((parts.final * scale).astype(np.float32), affine), str(pp))
                 m = compute_image_quality_metrics(str(pp), str(hp), str(d / "t1n.nii.gz"),
                                                   str(d / "t1n_voided.nii.gz"))
-                row[f"psnr_{k}"], row[f"ssim_{k}"] = round(m["psnr"], 3), round(m["ssim"], 3)
-            print(json.dumps(row), flush=True)
+                row.update(psnr=round(m["psnr"], 3), ssim=round(m["ssim"], 3), mae=round(m["mae"], 4))
+                shown.append((f"usb_prep{', outline' if outline else ''}{f', tissue {w}' if w else ''}", parts.final))
+                print(json.dumps(row), flush=True)
+    if figures is not None:
+        lab, _ = ndimage.label(healthy)
+        big = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+        figure(shown, healthy, big, "BraTS 2023 inpainting case: the scored region outlined in red",
+               figures / "fig_brats_tissue_prior.png")
 
 
 if __name__ == "__main__":
