@@ -37,15 +37,22 @@ GROUPS = {"thick": (35, 400), "medium": (10, 35)}
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks study tissue-prior", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="the shared data folder (healthy/, lesion_masks/)")
-    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--data", type=Path, help="the shared data folder (healthy/, lesion_masks/)")
+    p.add_argument("--out", type=Path, help="results folder")
     p.add_argument("--per-brain", type=int, default=3, help="thick cases per brain")
     p.add_argument("--medium-per-brain", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None, help="folder keeping each case's packaged fill")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(FIRST))
+    p.add_argument("--table", type=Path, default=None,
+                   help="only write the table of this jsonl (a run stopped early) next to it")
     a = p.parse_args(argv)
     variants = tuple(a.variants)
+    if a.table is not None:
+        rows = [json.loads(line) for line in a.table.read_text().splitlines() if line.strip()]
+        return write_table(rows, variants, a.table.with_suffix(".md"), " A run stopped after its thick cases.")
+    if a.data is None or a.out is None:
+        p.error("--data and --out are required (without --table)")
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     model, _ = load_model(None, "fill", "cpu")
@@ -90,10 +97,15 @@ def main(argv=None):
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(json.dumps(row), flush=True)
+    write_table(rows, variants, a.out / f"tissue_prior{tag}.md")
+
+
+def write_table(rows, variants, path: Path, note: str = ""):
+    """The study's table (``rows`` as its jsonl holds them) at ``path``."""
     lines = ["# Tissue prior on validation strokes (colin27_brain, fsA_norm; training painting)", "",
              "Command: `python -m benchmarks study tissue-prior --data ../shared/data --out "
              "benchmarks/results/validation/tissue`. Cells: in-mask PSNR (dB); `tissue`: the tissue image alone; "
-             "gate: the prior would run (30 ml or more, 6 voxels deep).", "",
+             "gate: the prior would run (30 ml or more, 6 voxels deep)." + note, "",
              "| group | case | ml | gate | quality | packaged | tissue | " + " | ".join(variants) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(variants)]
     for r in rows:
@@ -104,10 +116,10 @@ def main(argv=None):
     for g in GROUPS:
         sel = [r for r in rows if r["group"] == g and all(v in r for v in variants)]
         if sel:
-            lines.append(f"| **{g} mean** | | | | | {np.mean([r['psnr_base'] for r in sel]):.2f} | | "
+            lines.append(f"| **{g} mean (variants: change)** | | | | | {np.mean([r['psnr_base'] for r in sel]):.2f} | | "
                          + " | ".join(f"**{np.mean([r[v] - r['psnr_base'] for r in sel]):+.2f}**" for v in variants)
                          + " |")
-    (a.out / f"tissue_prior{tag}.md").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
