@@ -109,3 +109,18 @@ def test_reports_render_in_a_real_browser(study, tmp_path):
                     (study / "sub-01.html").as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
     assert json.loads((study / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+
+
+def test_methods_paragraph_names_the_template_prior_that_ran():
+    from usb_prep.reports import methods_text
+
+    base = {"method": "usb", "contrast": "t1w", "usb_prep_version": "0.1.0", "steps": 1, "seed": 0,
+            "patch_weight": 0.2, "nlm_weight": 0.8, "refine": True}
+    plain = methods_text(base)
+    assert "MNI152" not in plain and "Avants" not in plain
+    ran = methods_text({**base, "prior_run": {"used": True, "tissue_weight": 0.6, "outline": True}})
+    assert "tissue maps" in ran and "outside the brain" in ran and "Fonov" in ran and "Avants" in ran
+    tissue_only = methods_text({**base, "prior_run": {"used": True, "tissue_weight": 0.6, "outline": False}})
+    assert "tissue maps" in tissue_only and "outside the brain" not in tissue_only
+    unused = methods_text({**base, "prior_run": {"used": False, "tissue_weight": 0.6, "outline": False}})
+    assert "MNI152" not in unused  # a registration that failed changed nothing: nothing to report or cite

@@ -180,6 +180,10 @@ CITATIONS = {
     "niftyseg": "Prados F, Cardoso MJ, Kanber B, et al. A multi-time-point modality-agnostic patch-based method for "
                 "lesion filling in multiple sclerosis. NeuroImage 139:376-384, 2016",
     "usb_prep": "usb_prep: lesion filling for brain MRI with a paired diffusion model (MIT licence)",
+    "mni152": "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases for pediatric studies. "
+              "NeuroImage 54(1):313-327, 2011",
+    "ants": "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration with "
+            "cross-correlation. Medical Image Analysis 12(1):26-41, 2008",
 }
 
 
@@ -300,6 +304,14 @@ def methods_text(settings: Mapping, *, lesion_ml: float | None = None, defaults:
                      f"{str(weights.get('sha256', ''))[:12]}"
                      + (f", refiner {str(weights['refiner_sha256'])[:12]}" if weights.get("refiner_sha256") else "")
                      + f"), {settings.get('steps')} sampling step(s), seed {settings.get('seed')}.")
+    prior = settings.get("prior_run") or {}
+    if prior.get("used"):
+        uses = [u for u, ran in (("mix its tissue maps, in the image's own tissue levels, into the depth of the fill "
+                                  f"(weight up to {prior.get('tissue_weight')})", prior.get("tissue_weight")),
+                                 ("keep as background the mask voxels it puts outside the brain",
+                                  prior.get("outline"))) if ran]
+        parts.append("The MNI152 2009 template (Fonov et al. 2011) was registered to the image with ANTs (affine and "
+                     "SyN at 3 mm, the mask excluded; Avants et al. 2008) to " + " and to ".join(uses) + ".")
     if defaults:
         changed = [f"{k} = {settings[k]}" for k in sorted(defaults) if k in settings and settings[k] != defaults[k]]
         if changed:
@@ -307,6 +319,8 @@ def methods_text(settings: Mapping, *, lesion_ml: float | None = None, defaults:
     cites = ["usb_prep", "usb"] if method == "usb" else ["usb_prep"]
     if method in ("patch", "nlm") or (method == "usb" and (settings.get("patch_weight") or settings.get("refine"))):
         cites.append("niftyseg")
+    if prior.get("used"):
+        cites += ["mni152", "ants"]
     return " ".join(parts) + "\n\nCite: " + " | ".join(CITATIONS[c] for c in cites)
 
 
