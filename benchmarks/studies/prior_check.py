@@ -35,6 +35,9 @@ def main(argv=None):
     p.add_argument("--mirror", action="store_true", help="the variant that also needs the mirror to be background")
     p.add_argument("--tissue", action="store_true", help="the tissue prior's depth blend instead of the outline")
     p.add_argument("--weight", type=float, default=0.6, help="the tissue blend's weight (--tissue)")
+    p.add_argument("--downstream", action="store_true",
+                   help="--tissue: ANTs registration and Atropos segmentation of each fill of the 'train' cases "
+                        "against the healthy image's (benchmarks/downstream.py), the BraTS case left out")
     p.add_argument("--figures", type=Path, default=None,
                    help="--tissue: write truth / input / fills of the first thick case and of BraTS here (PNG)")
     a = p.parse_args(argv)
@@ -42,7 +45,7 @@ def main(argv=None):
     data = Path(a.data)
     model, _ = load_model(None, "fill", "cpu")
     if a.tissue:
-        return tissue_check(model, data, Path(a.brains), a.weight, a.figures)
+        return tissue_check(model, data, Path(a.brains), a.weight, a.figures, a.downstream)
     cases = make_cases([load_brain(b, data, Path(a.brains)) for b in BRAINS], data, 1, FAMILIES, log=lambda m: None)
     for c in cases:
         runs = prior.needs_prior(c.image, c.mask) and prior.skull_stripped(c.image, c.mask)
@@ -60,12 +63,20 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
 
 
-def tissue_check(model, data: Path, brains: Path, weight: float, figures: Path | None = None):
+def tissue_check(model, data: Path, brains: Path, weight: float, figures: Path | None = None,
+                 downstream: bool = False):
     """The fill with and without ``tissue_prior`` = ``weight`` (as it would ship: :func:`usb_prep.api.fill_parts`)
-    on the benchmark's cases its gate admits, then on the BraTS case."""
+    on the benchmark's cases its gate admits, then on the BraTS case; with ``downstream`` the downstream effects
+    of both fills on the 'train' cases instead of BraTS."""
     loaded = [load_brain(b, data, brains) for b in BRAINS]
     thresholds = {b.name: tissue_classes(b.image, b.brain) for b in loaded}
+    if downstream:
+        from .. import downstream as ds
+
+        template, refs = ds.Template(), {}
     for c in make_cases(loaded, data, 1, FAMILIES, log=lambda m: None):
+        if downstream and c.family != "train":
+            continue
         zooms = np.sqrt((c.affine[:3, :3] ** 2).sum(0))
         row = {"case": c.name, "ml": round(c.volume_ml, 1), "gate": prior.thick(c.mask, zooms)}
         if row["gate"]:
@@ -75,13 +86,20 @@ def tissue_check(model, data: Path, brains: Path, weight: float, figures: Path |
             row.update(prior=fills[weight].prior, psnr_without=round(before["psnr"], 3),
                        psnr_with=round(after["psnr"], 3), tissue_without=round(before["tissue"], 3),
                        tissue_with=round(after["tissue"], 3))
+            if downstream:
+                b = next(b for b in loaded if b.name == c.brain)
+                if b.name not in refs:  # the healthy image through both tools, once per brain
+                    refs[b.name] = ds.reference(template, b.image, b.brain, b.affine)
+                row["downstream"] = {str(w): ds.effect(template, refs[b.name], fills[w].final, c.mask, b.brain,
+                                                       b.affine) for w in (0.0, weight)}
             if figures is not None and not list(figures.glob("fig_thick_*.png")):
                 figure([("truth", c.truth), ("input", c.image), ("usb_prep", fills[0.0].final),
                         (f"usb_prep, tissue prior {weight}", fills[weight].final)], c.mask, c.mask,
                        f"{c.name} ({c.volume_ml:.0f} ml): the mask outlined in red",
                        figures / f"fig_thick_{c.name.replace('/', '_')}.png")
         print(json.dumps(row), flush=True)
-    brats_check(model, data, weight, figures)
+    if not downstream:
+        brats_check(model, data, weight, figures)
 
 
 def figure(cols, contour, around, title, png):

@@ -116,7 +116,8 @@ def write_table(rows, variants, path: Path, note: str = ""):
     for g in GROUPS:
         sel = [r for r in rows if r["group"] == g and all(v in r for v in variants)]
         if sel:
-            lines.append(f"| **{g} mean (variants: change)** | | | | | {np.mean([r['psnr_base'] for r in sel]):.2f} | | "
+            base = np.mean([r["psnr_base"] for r in sel])
+            lines.append(f"| **{g} mean (variants: change)** | | | | | {base:.2f} | | "
                          + " | ".join(f"**{np.mean([r[v] - r['psnr_base'] for r in sel]):+.2f}**" for v in variants)
                          + " |")
     path.write_text("\n".join(lines) + "\n")
