@@ -308,3 +308,23 @@ def test_a_bids_client_collects_the_filled_dataset(bids_ds, tmp_path, linear_plu
         assert len(t1w) == 1 and len(roi) == 1, (t1w, roi)
         assert Path(t1w[0]).read_bytes() == (tmp_path / "out" / rel).read_bytes()
         assert "LesionFilling" in layout.get_metadata(t1w[0])
+
+
+def test_an_older_usb_prep_folder_is_refused_with_its_reason(tmp_path):
+    """A DIR that usb_prep wrote before it kept a record is told apart from a foreign folder."""
+    from usb_prep.filled_dataset import RECORD, check_dir
+
+    src = tmp_path / "bids"
+    src.mkdir()
+    old, foreign = tmp_path / "old", tmp_path / "foreign"
+    for d, gen in ((old, "usb_prep"), (foreign, "fmriprep")):
+        d.mkdir()
+        (d / "dataset_description.json").write_text(json.dumps({"Name": "x", "GeneratedBy": [{"Name": gen}]}))
+    with pytest.raises(ValueError, match="older usb_prep") as err:
+        check_dir(old, src)
+    assert RECORD in str(err.value)
+    with pytest.raises(ValueError, match="not written by usb_prep"):
+        check_dir(foreign, src)
+    (foreign / "dataset_description.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not written by usb_prep"):
+        check_dir(foreign, src)

@@ -67,12 +67,26 @@ def check_dir(out_dir, bids_dir, *, forbidden: Mapping[str, Path] | None = None)
     if not any(out.iterdir()):
         return
     record = read_record(out)
+    if record is None and _generated_by_usb_prep(out):
+        raise ValueError(f"--filled-dataset {out_dir}: was written by an older usb_prep, without the record "
+                         f"({RECORD}) that says which run filled which image, so its fills cannot be checked; "
+                         "choose a new folder (or remove this one to write it anew)")
     if record is None:
         raise ValueError(f"--filled-dataset {out_dir}: exists and was not written by usb_prep; choose an empty or "
                          "new folder")
     if record.get("source") != src.as_uri():
         raise ValueError(f"--filled-dataset {out_dir}: was written from another input ({record.get('source')}), "
                          f"not {src.as_uri()}; choose another folder")
+
+
+def _generated_by_usb_prep(out: Path) -> bool:
+    """Whether DIR's ``dataset_description.json`` names usb_prep among its generators."""
+    try:
+        desc = json.loads((out / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        return False
+    gens = desc.get("GeneratedBy") if isinstance(desc, dict) else None
+    return isinstance(gens, list) and any(isinstance(g, dict) and g.get("Name") == "usb_prep" for g in gens)
 
 
 def roi_name(entry: AnatInput, mask_kind: str = "lesion") -> str:
