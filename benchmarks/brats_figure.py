@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import paths
+from .run_benchmark import largest_piece
 
 LABELS = {"usb_compare": "usb_prep, without the outline prior", "usb": "usb_prep, with the outline prior",
           "laplace": "Laplace"}
@@ -29,9 +30,7 @@ def main(argv=None):
     truth = nib.load(str(d / "t1n.nii.gz")).get_fdata()
     voided = nib.load(str(d / "t1n_voided.nii.gz")).get_fdata()
     healthy = nib.load(str(Path(a.run) / "brats" / "healthy_mask.nii.gz")).get_fdata() > 0.5
-    lab, n = ndimage.label(healthy)
-    big = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-    c = [int(v) for v in np.round(ndimage.center_of_mass(big))]
+    c = [int(v) for v in np.round(ndimage.center_of_mass(largest_piece(healthy)[0]))]
     cols = [("truth", truth), ("voided input", voided)]
     cols += [(LABELS[k], nib.load(str(Path(a.run) / "brats" / f"{k}.nii.gz")).get_fdata())
              for k in LABELS if (Path(a.run) / "brats" / f"{k}.nii.gz").exists()]

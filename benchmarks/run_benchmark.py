@@ -197,23 +197,47 @@ def brats_input(data: Path):
     return v / scale, mask, voided.affine, scale
 
 
+def largest_piece(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest connected component of ``mask`` and the number of components."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    return (lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))) if n else lab > 0, n
+
+
+def brats_healthy(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The BraTS case's scored region, the inpainting mask's components other than the largest one (the dilated
+    tumour), and the number of components."""
+    big, n = largest_piece(mask)
+    return (mask & ~big if n > 1 else mask), n
+
+
+def brats_score(fill: np.ndarray, scale: float, affine, healthy_path: Path, data: Path, path: Path) -> dict:
+    """The challenge's metrics (``inpainting`` 0.0.12) of a normalised ``fill`` of the BraTS case, written to
+    ``path`` in the scan's units."""
+    import nibabel as nib
+    from inpainting.challenge_metrics_2023 import compute_image_quality_metrics
+
+    d = data / "patients" / "brats_gli_00001"
+    nib.save(nib.Nifti1Image((fill * scale).astype(np.float32), affine), str(path))
+    m = compute_image_quality_metrics(str(path), str(healthy_path), str(d / "t1n.nii.gz"),
+                                      str(d / "t1n_voided.nii.gz"))
+    return {"psnr": m["psnr"], "ssim": m["ssim"], "mae": m["mae"]}
+
+
 def brats(model, data: Path, out_dir: Path, args, log, compare=None):
     """The BraTS 2023 inpainting case, scored with the challenge's own code (``inpainting`` 0.0.12) in the
     healthy region: the inpainting mask's components other than the largest one (the dilated tumour)."""
     import nibabel as nib
-    from scipy import ndimage
 
     from usb_prep import api
 
     try:
-        from inpainting.challenge_metrics_2023 import compute_image_quality_metrics
+        import inpainting.challenge_metrics_2023  # noqa: F401 -- brats_score's metric code
     except ImportError:
         return {"skipped": "pip install inpainting==0.0.12"}
-    d = data / "patients" / "brats_gli_00001"
     x, mask, affine, scale = brats_input(data)
-    lab, n = ndimage.label(mask)
-    sizes = np.bincount(lab.ravel())[1:]
-    healthy = mask & (lab != 1 + int(np.argmax(sizes))) if n > 1 else mask
+    healthy, n = brats_healthy(mask)
     tmp = out_dir / "brats"
     tmp.mkdir(parents=True, exist_ok=True)
     hp = tmp / "healthy_mask.nii.gz"
@@ -232,11 +256,8 @@ def brats(model, data: Path, out_dir: Path, args, log, compare=None):
     res = {"healthy_voxels": int(healthy.sum()), "mask_voxels": int(mask.sum()), "components": int(n),
            "niftyseg_status": info["status"]}
     for name, (arr, sec) in fills.items():
-        pp = tmp / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image((arr * scale).astype(np.float32), affine), str(pp))
-        m = compute_image_quality_metrics(str(pp), str(hp), str(d / "t1n.nii.gz"), str(d / "t1n_voided.nii.gz"))
-        res[name] = {"psnr": m["psnr"], "ssim": m["ssim"], "mae": m["mae"], "seconds": sec}
-        log(f"brats {name}: {m['psnr']:.2f} dB / SSIM {m['ssim']:.3f} ({sec:.0f} s)")
+        res[name] = {**brats_score(arr, scale, affine, hp, data, tmp / f"{name}.nii.gz"), "seconds": sec}
+        log(f"brats {name}: {res[name]['psnr']:.2f} dB / SSIM {res[name]['ssim']:.3f} ({sec:.0f} s)")
     return res
 
 

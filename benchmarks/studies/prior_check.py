@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nibabel.affines import voxel_sizes
 
 from usb_prep import api
 from usb_prep.fill import prior
@@ -25,7 +26,7 @@ from usb_prep.weights import load_model
 
 from .. import paths
 from ..cases import FAMILIES, load_brain, make_cases, scores, tissue_classes
-from ..run_benchmark import BRAINS, brats_input
+from ..run_benchmark import BRAINS, brats_healthy, brats_input, brats_score, largest_piece
 
 
 def main(argv=None):
@@ -77,7 +78,7 @@ def tissue_check(model, data: Path, brains: Path, weight: float, figures: Path |
     for c in make_cases(loaded, data, 1, FAMILIES, log=lambda m: None):
         if downstream and c.family != "train":
             continue
-        zooms = np.sqrt((c.affine[:3, :3] ** 2).sum(0))
+        zooms = voxel_sizes(c.affine)
         row = {"case": c.name, "ml": round(c.volume_ml, 1), "gate": prior.thick(c.mask, zooms)}
         if row["gate"]:
             fills = {w: api.fill_parts(c.image, c.mask, model=model, affine=c.affine, voxel_size=tuple(zooms),
@@ -120,12 +121,9 @@ def brats_check(model, data: Path, weight: float, figures: Path | None = None):
     import tempfile
 
     import nibabel as nib
-    from inpainting.challenge_metrics_2023 import compute_image_quality_metrics
-    from scipy import ndimage
 
     x, mask, affine, scale = brats_input(data)
-    lab, n = ndimage.label(mask)
-    healthy = mask & (lab != 1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
+    healthy, _ = brats_healthy(mask)
     d = data / "patients" / "brats_gli_00001"
     shown = [("truth", nib.load(str(d / "t1n.nii.gz")).get_fdata(dtype=np.float32) / scale), ("voided input", x)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,18 +136,13 @@ def brats_check(model, data: Path, weight: float, figures: Path | None = None):
                                        outline_prior=outline, tissue_prior=w)
                 row = {"case": "brats_gli_00001", "outline_prior": outline, "tissue_prior": w, "prior": parts.prior,
                        "seconds": round(time.perf_counter() - t0, 1)}
-                pp = Path(tmp) / "fill.nii.gz"
-                nib.save(nib.Nifti1Image((parts.final * scale).astype(np.float32), affine), str(pp))
-                m = compute_image_quality_metrics(str(pp), str(hp), str(d / "t1n.nii.gz"),
-                                                  str(d / "t1n_voided.nii.gz"))
+                m = brats_score(parts.final, scale, affine, hp, data, Path(tmp) / "fill.nii.gz")
                 row.update(psnr=round(m["psnr"], 3), ssim=round(m["ssim"], 3), mae=round(m["mae"], 4))
                 shown.append((f"usb_prep{', outline' if outline else ''}{f', tissue {w}' if w else ''}", parts.final))
                 print(json.dumps(row), flush=True)
     if figures is not None:
-        lab, _ = ndimage.label(healthy)
-        big = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-        figure(shown, healthy, big, "BraTS 2023 inpainting case: the scored region outlined in red",
-               figures / "fig_brats_tissue_prior.png")
+        figure(shown, healthy, largest_piece(healthy)[0],
+               "BraTS 2023 inpainting case: the scored region outlined in red", figures / "fig_brats_tissue_prior.png")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nibabel.affines import voxel_sizes
 
 from usb_prep import api
 from usb_prep.fill import prior
@@ -64,7 +65,7 @@ def main(argv=None):
             return lesion, paint("train", x, brain, lesion, np.random.default_rng(i))
 
         for name, mname, x, mask, aff, painted in strokes(a.data, n, make, GROUPS[group]):
-            zooms = np.sqrt((aff[:3, :3] ** 2).sum(0))
+            zooms = voxel_sizes(aff)
             row = {"group": group, "brain": name, "mask": mname, "ml": float(mask.sum() * zooms.prod() / 1000),
                    "gate": prior.thick(mask, zooms)}
             cached = a.cache / f"tissue_{name}_{mname}.npy" if a.cache else None
